@@ -1,0 +1,193 @@
+//! The per-request access decision, as plain Rust: path normalization, the route table, bearer
+//! extraction, cached token verification, the revocation check and the role check.
+
+pub mod normalize;
+pub mod revocation;
+pub mod routes;
+
+use std::sync::Arc;
+
+pub use normalize::{PathError, normalize};
+pub use revocation::{Lookup, RevocationCache};
+pub use routes::{RouteEntry, Routes};
+
+use crate::config::OnDbError;
+use crate::model::Role;
+use crate::tokens::{Claims, TokenService, VerifyError};
+
+/// Why a request was not let through; each maps to one response in `proxy::respond`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// 401 with `WWW-Authenticate: Bearer realm=…`.
+    MissingToken,
+    /// 401 `invalid_token` (signature, claims, expiry).
+    InvalidToken(VerifyError),
+    /// 401 `invalid_token`: the session, user or role no longer stands.
+    Revoked,
+    /// 403 `insufficient_scope`.
+    InsufficientRole,
+    /// 503: the revocation status is unknown and `on_db_error = "deny"`.
+    Unavailable,
+    /// 400: more than one Authorization header.
+    AmbiguousAuthorization,
+}
+
+impl Denial {
+    /// Label for `portcullis_access_denied_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::MissingToken => "missing_token",
+            Denial::InvalidToken(_) => "invalid_token",
+            Denial::Revoked => "revoked",
+            Denial::InsufficientRole => "insufficient_role",
+            Denial::Unavailable => "unavailable",
+            Denial::AmbiguousAuthorization => "bad_request",
+        }
+    }
+}
+
+/// The bearer token of a request: `Ok(None)` when there is no Bearer credential.
+/// `values` are all the request's `Authorization` header values.
+pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option<&'a str>, Denial> {
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Denial::AmbiguousAuthorization);
+    }
+    let Ok(text) = std::str::from_utf8(first) else {
+        return Err(Denial::InvalidToken(VerifyError::Malformed));
+    };
+    let text = text.trim();
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            let token = token.trim();
+            if token.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(token))
+            }
+        }
+        _ if text.eq_ignore_ascii_case("bearer") => Ok(None),
+        _ => Ok(None),
+    }
+}
+
+/// Authenticates bearer tokens: verification, then the revocation status.
+pub struct Authorizer {
+    tokens: Arc<TokenService>,
+    revocations: Arc<RevocationCache>,
+    on_db_error: OnDbError,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer").finish_non_exhaustive()
+    }
+}
+
+/// A successful authentication plus how the revocation check was answered.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// The verified claims.
+    pub claims: Arc<Claims>,
+    /// Cache hit or miss (`None` when the status was unknown and `on_db_error = "allow"`).
+    pub lookup: Option<Lookup>,
+}
+
+impl Authorizer {
+    /// Builds the authorizer over the shared token service and revocation cache.
+    pub fn new(tokens: Arc<TokenService>, revocations: Arc<RevocationCache>, on_db_error: OnDbError) -> Self {
+        Authorizer {
+            tokens,
+            revocations,
+            on_db_error,
+        }
+    }
+
+    /// The shared revocation cache (for the LISTEN service).
+    pub fn revocations(&self) -> &Arc<RevocationCache> {
+        &self.revocations
+    }
+
+    /// Verifies `token` and checks that its session, user and role still stand. An invalid
+    /// signature returns before any database work.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, Denial> {
+        let claims = self.tokens.verify(token).map_err(Denial::InvalidToken)?;
+        match self.revocations.status(claims.sid).await {
+            Ok((Some(status), lookup)) => {
+                if status.revoked
+                    || !status.user_active
+                    || status.user_id != claims.sub
+                    || status.role != claims.role
+                {
+                    return Err(Denial::Revoked);
+                }
+                Ok(Authenticated {
+                    claims,
+                    lookup: Some(lookup),
+                })
+            }
+            Ok((None, _)) => Err(Denial::Revoked),
+            Err(e) => match self.on_db_error {
+                OnDbError::Deny => {
+                    tracing::warn!(error = %e, "revocation status unknown; denying (on_db_error = deny)");
+                    Err(Denial::Unavailable)
+                }
+                OnDbError::Allow => {
+                    tracing::warn!(error = %e, sid = %claims.sid, "revocation status unknown; allowing (on_db_error = allow)");
+                    Ok(Authenticated { claims, lookup: None })
+                }
+            },
+        }
+    }
+
+    /// The full decision for a protected or optional route: `Ok(None)` = anonymous caller on
+    /// an optional route.
+    pub async fn authorize(
+        &self,
+        route: &RouteEntry,
+        token: Option<&str>,
+    ) -> Result<Option<Authenticated>, Denial> {
+        use crate::config::AuthMode;
+        match (route.auth, token) {
+            (AuthMode::None, _) => Ok(None),
+            (AuthMode::Optional, None) => Ok(None),
+            (AuthMode::Required, None) => Err(Denial::MissingToken),
+            (_, Some(token)) => {
+                let auth = self.authenticate(token).await?;
+                if route.auth == AuthMode::Required && !route.allows(auth.claims.role) {
+                    return Err(Denial::InsufficientRole);
+                }
+                if route.auth == AuthMode::Optional && !route.allows(auth.claims.role) {
+                    return Err(Denial::InsufficientRole);
+                }
+                Ok(Some(auth))
+            }
+        }
+    }
+}
+
+/// Whether `role` is one of `roles` (empty = everyone).
+pub fn role_allowed(roles: &[Role], role: Role) -> bool {
+    roles.is_empty() || roles.contains(&role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(values: &[&'static str]) -> Result<Option<&'static str>, Denial> {
+        bearer(values.iter().map(|v| v.as_bytes()))
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_single() {
+        assert_eq!(b(&["Bearer abc"]), Ok(Some("abc")));
+        assert_eq!(b(&["bEaReR  abc "]), Ok(Some("abc")));
+        assert_eq!(b(&[]), Ok(None));
+        assert_eq!(b(&["Basic dXNlcjpwdw=="]), Ok(None));
+        assert_eq!(b(&["Bearer"]), Ok(None));
+        assert_eq!(b(&["Bearer a", "Bearer b"]), Err(Denial::AmbiguousAuthorization));
+    }
+}

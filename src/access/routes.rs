@@ -1,0 +1,179 @@
+//! The route table, built once per config load: longest prefix first, then routes with a
+//! host, then routes with methods; the first route that matches wins.
+
+use http::Method;
+
+use crate::config::{AuthMode, Route};
+use crate::model::Role;
+
+/// One compiled route.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    /// Path prefix (case-sensitive).
+    pub prefix: String,
+    /// Lower-case host without port, if the route is host-specific.
+    pub host: Option<String>,
+    /// Methods matched; empty = all.
+    pub methods: Vec<Method>,
+    /// Authentication requirement.
+    pub auth: AuthMode,
+    /// Roles allowed; empty = any signed-in user.
+    pub roles: Vec<Role>,
+    /// Upstream name.
+    pub upstream: String,
+    /// Remove the prefix before forwarding.
+    pub strip_prefix: bool,
+    /// Forward the client's Authorization header.
+    pub forward_token: bool,
+}
+
+impl RouteEntry {
+    fn matches(&self, host: Option<&str>, method: &Method, path: &str) -> bool {
+        path.starts_with(&self.prefix)
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h)))
+            && (self.methods.is_empty() || self.methods.contains(method))
+    }
+
+    /// Whether `role` may use this route.
+    pub fn allows(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
+    }
+
+    /// The path the upstream receives for the normalized request `path`.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
+        if !self.strip_prefix {
+            return path.into();
+        }
+        let rest = path.strip_prefix(self.prefix.as_str()).unwrap_or(path);
+        if rest.starts_with('/') {
+            rest.into()
+        } else {
+            format!("/{rest}").into()
+        }
+    }
+}
+
+/// All routes in match order.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    entries: Vec<RouteEntry>,
+}
+
+/// The host of a `Host` header value: port removed, IPv6 brackets kept.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+impl Routes {
+    /// Compiles validated `[[route]]` entries.
+    pub fn new(routes: &[Route]) -> Routes {
+        let mut entries: Vec<RouteEntry> = routes
+            .iter()
+            .map(|r| RouteEntry {
+                prefix: r.prefix.clone(),
+                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                methods: r
+                    .methods
+                    .iter()
+                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                    .collect(),
+                auth: r.auth,
+                roles: r.roles.iter().filter_map(|s| Role::parse(s)).collect(),
+                upstream: r.upstream.clone(),
+                strip_prefix: r.strip_prefix,
+                forward_token: r.forward_token,
+            })
+            .collect();
+        entries.sort_by_key(|e| {
+            (
+                std::cmp::Reverse(e.prefix.len()),
+                e.host.is_none(),
+                e.methods.is_empty(),
+            )
+        });
+        Routes { entries }
+    }
+
+    /// The route for a request; `host` is the Host header (port ignored).
+    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&RouteEntry> {
+        let host = host.map(host_without_port);
+        self.entries.iter().find(|e| e.matches(host, method, path))
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no routes (everything is 404).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(prefix: &str, host: Option<&str>, methods: &[&str]) -> Route {
+        Route {
+            prefix: prefix.into(),
+            upstream: format!("{prefix}|{host:?}|{methods:?}"),
+            auth: AuthMode::Required,
+            roles: vec![],
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            host: host.map(String::from),
+            strip_prefix: false,
+            forward_token: false,
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_wins_whatever_the_order() {
+        let routes = Routes::new(&[route("/api/", None, &[]), route("/api/admin/", None, &[])]);
+        let found = routes.find(None, &Method::GET, "/api/admin/x").unwrap();
+        assert_eq!(found.prefix, "/api/admin/");
+        assert_eq!(routes.find(None, &Method::GET, "/api/x").unwrap().prefix, "/api/");
+        assert!(routes.find(None, &Method::GET, "/other").is_none());
+        assert!(routes.find(None, &Method::GET, "/API/x").is_none(), "case-sensitive");
+    }
+
+    #[test]
+    fn host_and_method_refine_a_prefix() {
+        let routes = Routes::new(&[
+            route("/x/", None, &[]),
+            route("/x/", Some("Api.Example.com"), &[]),
+            route("/x/", None, &["POST"]),
+        ]);
+        let by_host = routes.find(Some("api.example.COM:8080"), &Method::GET, "/x/1").unwrap();
+        assert_eq!(by_host.host.as_deref(), Some("api.example.com"));
+        let by_method = routes.find(Some("other"), &Method::POST, "/x/1").unwrap();
+        assert_eq!(by_method.methods, vec![Method::POST]);
+        let fallback = routes.find(Some("other"), &Method::GET, "/x/1").unwrap();
+        assert!(fallback.host.is_none() && fallback.methods.is_empty());
+        let only_post = Routes::new(&[route("/y/", None, &["POST"])]);
+        assert!(only_post.find(None, &Method::GET, "/y/").is_none());
+    }
+
+    #[test]
+    fn strip_prefix_keeps_a_leading_slash() {
+        let mut r = route("/svc/", None, &[]);
+        r.strip_prefix = true;
+        let routes = Routes::new(&[r]);
+        let e = routes.find(None, &Method::GET, "/svc/a/b").unwrap();
+        assert_eq!(e.upstream_path("/svc/a/b"), "/a/b");
+        assert_eq!(e.upstream_path("/svc/"), "/");
+    }
+
+    #[test]
+    fn ipv6_hosts_keep_their_brackets() {
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("example.com"), "example.com");
+    }
+}

@@ -1,0 +1,89 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Never proxied, never under /auth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::proxy::Shared;
+
+/// Serves the admin endpoints from the shared state.
+pub struct AdminApp {
+    shared: Arc<Shared>,
+}
+
+impl AdminApp {
+    /// An admin app over the gateway's shared state.
+    pub fn new(shared: Arc<Shared>) -> AdminApp {
+        AdminApp { shared }
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
+    let body = body.into();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    let len = resp.body().len();
+    resp.headers_mut()
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        let get = session.req_header().method == http::Method::GET
+            || session.req_header().method == http::Method::HEAD;
+        if !get && matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+            let mut r = reply(
+                405,
+                "application/json",
+                r#"{"error":"method_not_allowed","message":"use GET"}"#,
+            );
+            r.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            return r;
+        }
+        match path.as_str() {
+            "/healthz" => reply(200, "application/json", r#"{"status":"ok"}"#),
+            "/readyz" => {
+                let ping = tokio::time::timeout(Duration::from_secs(2), self.shared.store.ping()).await;
+                match ping {
+                    Ok(Ok(())) => reply(200, "application/json", r#"{"status":"ready"}"#),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "not ready: database unreachable");
+                        reply(
+                            503,
+                            "application/json",
+                            r#"{"error":"unavailable","message":"the database is unreachable"}"#,
+                        )
+                    }
+                    Err(_) => reply(
+                        503,
+                        "application/json",
+                        r#"{"error":"unavailable","message":"the database did not answer in time"}"#,
+                    ),
+                }
+            }
+            "/metrics" => {
+                let usage = self.shared.store.pool_usage();
+                let m = &self.shared.metrics;
+                m.db_pool.with_label_values(&["idle"]).set(usage.idle as i64);
+                m.db_pool.with_label_values(&["in_use"]).set(usage.in_use as i64);
+                reply(200, "text/plain; version=0.0.4", m.render())
+            }
+            _ => reply(
+                404,
+                "application/json",
+                r#"{"error":"not_found","message":"admin endpoints are /healthz, /readyz and /metrics"}"#,
+            ),
+        }
+    }
+}

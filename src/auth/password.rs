@@ -1,0 +1,164 @@
+//! argon2id hashing on a bounded blocking pool: at most `max_concurrent_hashes` hashes run at
+//! once, on tokio's blocking threads, so a login storm queues here instead of stalling the
+//! proxy's workers.
+
+use std::sync::Arc;
+
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use tokio::sync::Semaphore;
+
+use crate::config::Passwords;
+
+/// Hashing failed for a reason that is not the caller's (bad parameters, pool shut down).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashError(String);
+
+/// Result of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The password matches.
+    pub ok: bool,
+    /// The stored hash uses other parameters than the configured ones: re-hash it.
+    pub needs_rehash: bool,
+}
+
+/// The configured argon2id policy plus the pool that bounds concurrent hashing.
+#[derive(Clone)]
+pub struct Hasher {
+    params: Params,
+    permits: Arc<Semaphore>,
+    /// Hash of a random password, verified for unknown accounts so they cost the same time.
+    dummy: Arc<str>,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hasher")
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hasher {
+    /// Builds the policy from `[passwords]`; computes the dummy hash once.
+    pub fn new(cfg: &Passwords) -> Result<Hasher, HashError> {
+        let params = Params::new(
+            cfg.argon2_memory_kib,
+            cfg.argon2_iterations,
+            cfg.argon2_parallelism,
+            None,
+        )
+        .map_err(|e| HashError(e.to_string()))?;
+        let permits = match cfg.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let dummy_password: [u8; 16] = rand::random();
+        let dummy = argon(&params)
+            .hash_password(&dummy_password)
+            .map_err(|e| HashError(e.to_string()))?
+            .to_string();
+        Ok(Hasher {
+            params,
+            permits: Arc::new(Semaphore::new(permits)),
+            dummy: dummy.into(),
+        })
+    }
+
+    /// Hashes a password (PHC string) on the bounded pool.
+    pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let params = self.params.clone();
+        self.run(move || {
+            argon(&params)
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| HashError(e.to_string()))
+        })
+        .await?
+    }
+
+    /// Checks a password against a stored hash; `None` (unknown account or no password) is
+    /// checked against the dummy hash so the time taken does not reveal which case it was.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<Verified, HashError> {
+        let params = self.params.clone();
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.dummy.to_string());
+        self.run(move || {
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return Verified { ok: false, needs_rehash: false };
+            };
+            let ok = known && argon(&params).verify_password(password.as_bytes(), &parsed).is_ok();
+            if !known {
+                // Same work as a real check, result ignored.
+                let _ = argon(&params).verify_password(password.as_bytes(), &parsed);
+            }
+            let needs_rehash = ok
+                && (parsed.algorithm.as_str() != "argon2id"
+                    || Params::try_from(&parsed).map_or(true, |p| {
+                        p.m_cost() != params.m_cost()
+                            || p.t_cost() != params.t_cost()
+                            || p.p_cost() != params.p_cost()
+                    }));
+            Verified { ok, needs_rehash }
+        })
+        .await
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| HashError(e.to_string()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| HashError(e.to_string()))
+    }
+}
+
+fn argon(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> Passwords {
+        Passwords {
+            argon2_memory_kib: 64,
+            argon2_iterations: 1,
+            ..Passwords::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_only() {
+        let h = Hasher::new(&small()).unwrap();
+        let hash = h.hash("correct horse".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        let good = h.verify("correct horse".into(), Some(hash.clone())).await.unwrap();
+        assert_eq!(good, Verified { ok: true, needs_rehash: false });
+        let bad = h.verify("wrong".into(), Some(hash)).await.unwrap();
+        assert!(!bad.ok);
+        assert!(!h.verify("correct horse".into(), None).await.unwrap().ok);
+    }
+
+    #[tokio::test]
+    async fn the_defaults_are_the_owasp_baseline_and_old_hashes_get_rehashed() {
+        let defaults = Hasher::new(&Passwords::default()).unwrap();
+        let hash = defaults.hash("pw-with-defaults".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        let small = Hasher::new(&small()).unwrap();
+        let v = small.verify("pw-with-defaults".into(), Some(hash)).await.unwrap();
+        assert_eq!(v, Verified { ok: true, needs_rehash: true });
+    }
+}

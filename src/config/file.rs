@@ -1,0 +1,366 @@
+//! The file format. Every key has the default documented in API.md §2; unknown keys are
+//! errors so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listeners and process settings.
+    pub server: Server,
+    /// PostgreSQL connection.
+    pub database: Database,
+    /// Access/refresh token settings.
+    pub tokens: Tokens,
+    /// Password hashing policy.
+    pub passwords: Passwords,
+    /// Revocation cache behaviour.
+    pub revocation: Revocation,
+    /// Abuse limits on /auth.
+    pub rate_limit: RateLimit,
+    /// Names of the identity headers added for upstreams.
+    pub identity_headers: IdentityHeaders,
+    /// Upstream pools, referenced by routes.
+    #[serde(rename = "upstream")]
+    pub upstreams: Vec<Upstream>,
+    /// Route table; a request matching none is answered 404.
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    /// External OpenID Connect providers.
+    #[serde(rename = "oidc")]
+    pub oidc: Vec<Oidc>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Proxy and /auth listener.
+    pub listen: SocketAddr,
+    /// /metrics, /healthz, /readyz listener (never proxied).
+    pub admin_listen: SocketAddr,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long SIGTERM lets in-flight requests run before exiting.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            trusted_proxies: Vec::new(),
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// libpq-style URL; `DATABASE_URL` overrides it.
+    pub url: String,
+    /// Maximum pooled connections per instance.
+    pub pool_size: usize,
+    /// Create the database and apply migrations on `serve`.
+    pub auto_migrate: bool,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "postgres://postgres@127.0.0.1:5432/portcullis".to_string(),
+            pool_size: 16,
+            auto_migrate: true,
+        }
+    }
+}
+
+/// JWT signing algorithms the gateway can be pinned to.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Algorithm {
+    /// Ed25519 (default): small keys, fast verification.
+    EdDSA,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// RSA PKCS#1 v1.5 with SHA-256.
+    RS256,
+    /// HMAC-SHA256 with a shared secret from the environment.
+    HS256,
+}
+
+impl Algorithm {
+    /// The JOSE `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::ES256 => "ES256",
+            Algorithm::RS256 => "RS256",
+            Algorithm::HS256 => "HS256",
+        }
+    }
+}
+
+/// `[tokens]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tokens {
+    /// `iss` claim written and required.
+    pub issuer: String,
+    /// `aud` claim written and required.
+    pub audience: String,
+    /// The only algorithm accepted.
+    pub algorithm: Algorithm,
+    /// Directory of asymmetric signing keys (relative to the working directory).
+    pub keys_dir: String,
+    /// Env var holding the HS256 secret (only for HS256).
+    pub hs256_secret_env: Option<String>,
+    /// Access token lifetime.
+    pub access_ttl_secs: u64,
+    /// Absolute refresh lifetime from login.
+    pub refresh_ttl_secs: u64,
+    /// Window in which a spent refresh token returns the same successor.
+    pub refresh_reuse_grace_secs: u64,
+    /// Clock skew tolerated on exp/nbf/iat.
+    pub leeway_secs: u64,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            issuer: "portcullis".to_string(),
+            audience: "portcullis".to_string(),
+            algorithm: Algorithm::EdDSA,
+            keys_dir: "keys".to_string(),
+            hs256_secret_env: None,
+            access_ttl_secs: 900,
+            refresh_ttl_secs: 2_592_000,
+            refresh_reuse_grace_secs: 10,
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// `[passwords]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Passwords {
+    /// argon2id memory cost.
+    pub argon2_memory_kib: u32,
+    /// argon2id time cost.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// Hashes running at once; 0 = number of CPU cores.
+    pub max_concurrent_hashes: usize,
+    /// Minimum length in characters.
+    pub min_length: usize,
+    /// Maximum length in bytes.
+    pub max_length: usize,
+}
+
+impl Default for Passwords {
+    fn default() -> Self {
+        Passwords {
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            max_concurrent_hashes: 0,
+            min_length: 8,
+            max_length: 1024,
+        }
+    }
+}
+
+/// What the proxy does when a revocation status is unknown because the database is down.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDbError {
+    /// Answer 503 (fail closed, default).
+    Deny,
+    /// Forward anyway (explicit, logged opt-in).
+    Allow,
+}
+
+/// `[revocation]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Revocation {
+    /// Upper bound on staleness if a notification is lost.
+    pub cache_ttl_secs: u64,
+    /// Entries kept.
+    pub cache_capacity: u64,
+    /// Behaviour when the status cannot be looked up.
+    pub on_db_error: OnDbError,
+}
+
+impl Default for Revocation {
+    fn default() -> Self {
+        Revocation {
+            cache_ttl_secs: 30,
+            cache_capacity: 100_000,
+            on_db_error: OnDbError::Deny,
+        }
+    }
+}
+
+/// `[rate_limit]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Login attempts per client IP per minute.
+    pub login_per_minute_per_ip: u32,
+    /// Failed logins per account per minute (shared by all instances).
+    pub login_per_minute_per_account: u32,
+    /// Registrations per client IP per minute.
+    pub register_per_minute_per_ip: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            login_per_minute_per_ip: 20,
+            login_per_minute_per_account: 10,
+            register_per_minute_per_ip: 10,
+        }
+    }
+}
+
+/// `[identity_headers]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    /// Carries the user id.
+    pub user_id: String,
+    /// Carries the role.
+    pub role: String,
+    /// Carries the session id.
+    pub session_id: String,
+    /// Carries the email.
+    pub email: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        IdentityHeaders {
+            user_id: "X-Auth-User-Id".to_string(),
+            role: "X-Auth-Role".to_string(),
+            session_id: "X-Auth-Session-Id".to_string(),
+            email: "X-Auth-Email".to_string(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// All four names, for stripping.
+    pub fn names(&self) -> [&str; 4] {
+        [&self.user_id, &self.role, &self.session_id, &self.email]
+    }
+}
+
+/// `[[upstream]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Name routes refer to.
+    pub name: String,
+    /// `host:port` addresses, used round-robin.
+    pub addrs: Vec<String>,
+    /// Optional active HTTP health check path.
+    #[serde(default)]
+    pub health_check_path: Option<String>,
+    /// Interval of the health check.
+    #[serde(default = "default_health_interval")]
+    pub health_check_interval_secs: u64,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Per-read timeout on the upstream response.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_health_interval() -> u64 {
+    5
+}
+fn default_connect_timeout() -> u64 {
+    1000
+}
+fn default_read_timeout() -> u64 {
+    30_000
+}
+
+/// Whether a route needs a signed-in caller.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Public: forwarded without identity (client identity headers still stripped).
+    None,
+    /// Identity added when a valid token is present; a bad token is still 401.
+    Optional,
+    /// A valid token is needed (default).
+    #[default]
+    Required,
+}
+
+/// `[[route]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Path prefix, matched case-sensitively on the normalized path.
+    pub prefix: String,
+    /// Upstream name.
+    pub upstream: String,
+    /// Authentication requirement.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Roles allowed; empty = any signed-in user.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Methods this route matches; empty = all.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Host this route matches (port ignored, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Remove the prefix before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Keep the client's Authorization header for the upstream.
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+/// `[[oidc]]`
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// Appears in the URLs.
+    pub name: String,
+    /// Provider issuer (discovery base).
+    pub issuer: String,
+    /// Client id at the provider.
+    pub client_id: String,
+    /// Env var holding the client secret.
+    pub client_secret_env: String,
+    /// Scopes requested.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Our callback URL registered at the provider.
+    pub redirect_uri: String,
+    /// Prefixes `redirect_to` may start with.
+    #[serde(default)]
+    pub allowed_redirects: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}

@@ -1,0 +1,175 @@
+use super::*;
+
+const SHIPPED: &str = include_str!("../../config.toml");
+
+fn problems(text: &str) -> Vec<Problem> {
+    match Config::parse(text) {
+        Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+        Err(ConfigError::Invalid(p)) => p,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// The shipped config with one line replaced (or appended when `from` is empty).
+fn shipped_with(from: &str, to: &str) -> String {
+    if from.is_empty() {
+        format!("{SHIPPED}\n{to}\n")
+    } else {
+        assert!(SHIPPED.contains(from), "{from} not in shipped config");
+        SHIPPED.replacen(from, to, 1)
+    }
+}
+
+#[test]
+fn the_shipped_config_is_valid_and_matches_the_documented_defaults() {
+    let config = Config::parse(SHIPPED).expect("shipped config.toml must be valid");
+    let defaults = Config::default();
+    assert_eq!(config.server, defaults.server);
+    assert_eq!(config.database, defaults.database);
+    assert_eq!(config.tokens, defaults.tokens);
+    assert_eq!(config.passwords, defaults.passwords);
+    assert_eq!(config.revocation, defaults.revocation);
+    assert_eq!(config.rate_limit, defaults.rate_limit);
+    assert_eq!(config.identity_headers, defaults.identity_headers);
+    assert_eq!(config.routes.len(), 3);
+    assert_eq!(config.routes[0].roles, vec!["admin".to_string()]);
+    assert_eq!(config.routes[2].auth, AuthMode::None);
+}
+
+#[test]
+fn a_minimal_config_gets_every_default() {
+    let config = Config::parse(
+        "[[upstream]]\nname = \"a\"\naddrs = [\"127.0.0.1:1\"]\n[[route]]\nprefix = \"/\"\nupstream = \"a\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.tokens.access_ttl_secs, 900);
+    assert_eq!(config.upstreams[0].connect_timeout_ms, 1000);
+    assert_eq!(config.routes[0].auth, AuthMode::Required);
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_key_and_line() {
+    let p = problems(&shipped_with("threads = 2 ", "thread = 2 "));
+    assert_eq!(p.len(), 1);
+    assert!(p[0].key.contains("thread"), "{:?}", p[0]);
+    assert!(p[0].message.contains("unknown field"), "{:?}", p[0]);
+    assert_eq!(p[0].line, Some(9));
+}
+
+#[test]
+fn a_wrong_type_names_the_key() {
+    let p = problems(&shipped_with("threads = 2 ", "threads = \"two\" "));
+    assert_eq!(p[0].key, "server.threads");
+    assert_eq!(p[0].line, Some(9));
+}
+
+#[test]
+fn a_negative_ttl_is_an_error() {
+    let p = problems(&shipped_with("access_ttl_secs = 900", "access_ttl_secs = -5"));
+    assert_eq!(p[0].key, "tokens.access_ttl_secs");
+}
+
+#[test]
+fn zero_threads_is_an_error() {
+    let p = problems(&shipped_with("threads = 2 ", "threads = 0 "));
+    assert_eq!(p[0].key, "server.threads");
+    assert_eq!(p[0].line, Some(9));
+}
+
+#[test]
+fn a_route_naming_a_missing_upstream_is_an_error() {
+    let p = problems(&shipped_with(
+        "prefix = \"/public/\"\nupstream = \"api\"",
+        "prefix = \"/public/\"\nupstream = \"nope\"",
+    ));
+    assert_eq!(p[0].key, "route[2].upstream");
+    assert!(p[0].message.contains("nope"));
+    assert!(p[0].line.is_some());
+}
+
+#[test]
+fn a_route_under_auth_is_an_error() {
+    let p = problems(&shipped_with(
+        "",
+        "[[route]]\nprefix = \"/auth/x\"\nupstream = \"api\"",
+    ));
+    assert_eq!(p[0].key, "route[3].prefix");
+    assert!(p[0].message.contains("/auth/"));
+}
+
+#[test]
+fn a_duplicate_route_prefix_is_an_error() {
+    let p = problems(&shipped_with(
+        "",
+        "[[route]]\nprefix = \"/api/\"\nupstream = \"api\"",
+    ));
+    assert_eq!(p[0].key, "route[3].prefix");
+    assert!(p[0].message.contains("duplicate"));
+}
+
+#[test]
+fn a_bad_listen_address_is_an_error() {
+    let p = problems(&shipped_with(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"localhost-8080\"",
+    ));
+    assert_eq!(p[0].key, "server.listen");
+}
+
+#[test]
+fn a_bad_upstream_address_is_an_error() {
+    let p = problems(&shipped_with(
+        "addrs = [\"127.0.0.1:9000\"]",
+        "addrs = [\"127.0.0.1\"]",
+    ));
+    assert_eq!(p[0].key, "upstream[0].addrs");
+}
+
+#[test]
+fn an_unknown_algorithm_is_an_error() {
+    let p = problems(&shipped_with("algorithm = \"EdDSA\"", "algorithm = \"none\""));
+    assert_eq!(p[0].key, "tokens.algorithm");
+}
+
+#[test]
+fn hs256_without_a_secret_env_is_an_error() {
+    let p = problems(&shipped_with("algorithm = \"EdDSA\"", "algorithm = \"HS256\""));
+    assert_eq!(p[0].key, "tokens.algorithm");
+}
+
+#[test]
+fn an_unknown_role_is_an_error() {
+    let p = problems(&shipped_with("roles = [\"admin\"]", "roles = [\"root\"]"));
+    assert_eq!(p[0].key, "route[0].roles");
+}
+
+#[test]
+fn password_bounds_must_be_consistent() {
+    let p = problems(&shipped_with("max_length = 1024", "max_length = 4"));
+    assert_eq!(p[0].key, "passwords.max_length");
+}
+
+#[test]
+fn a_bad_trusted_proxy_cidr_is_an_error() {
+    let p = problems(&shipped_with(
+        "trusted_proxies = []",
+        "trusted_proxies = [\"10.0.0.0/99\"]",
+    ));
+    assert!(p[0].key.starts_with("server.trusted_proxies"), "{:?}", p[0]);
+}
+
+#[test]
+fn a_non_postgres_database_url_is_an_error() {
+    let p = problems(&shipped_with(
+        "url = \"postgres://postgres@127.0.0.1:5432/portcullis\"",
+        "url = \"mysql://x\"",
+    ));
+    assert_eq!(p[0].key, "database.url");
+}
+
+#[test]
+fn several_problems_are_all_reported() {
+    let text = shipped_with("threads = 2 ", "threads = 0 ").replace("pool_size = 16", "pool_size = 0");
+    let p = problems(&text);
+    assert_eq!(p.len(), 2, "{p:?}");
+}

@@ -1,0 +1,381 @@
+//! Semantic rules serde cannot express, each reported with the key and line it concerns.
+
+use std::collections::HashSet;
+
+use toml::de::{DeTable, DeValue};
+
+use super::{AuthMode, Config, Problem, line_of_offset};
+
+/// Roles a route may require (the `user_role` enum of the schema).
+const ROLES: [&str; 2] = ["user", "admin"];
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// Segment of a key path: a table key or an array index.
+pub(super) enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Finds the line of a key path in the source so validation errors point at the file.
+pub(super) struct Locator<'t> {
+    text: &'t str,
+    root: Option<toml::Spanned<DeTable<'t>>>,
+}
+
+impl<'t> Locator<'t> {
+    pub(super) fn new(text: &'t str) -> Self {
+        Locator {
+            text,
+            root: DeTable::parse(text).ok(),
+        }
+    }
+
+    /// Dotted path of the key an offset belongs to: at each level the entry that starts last
+    /// before the offset (table headers and array-of-table items included). Serde errors carry
+    /// a span but not always the key's name.
+    pub(super) fn key_at(&self, offset: usize) -> Option<String> {
+        fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) {
+            let mut best: Option<(usize, &str, &DeValue<'_>, Option<usize>)> = None;
+            for (key, value) in table.iter() {
+                let better = |best: &Option<(usize, &str, &DeValue<'_>, Option<usize>)>, start| {
+                    start <= offset && best.is_none_or(|b| start >= b.0)
+                };
+                let start = key.span().start;
+                if better(&best, start) {
+                    best = Some((start, key.get_ref(), value.get_ref(), None));
+                }
+                if let DeValue::Array(items) = value.get_ref() {
+                    for (i, item) in items.iter().enumerate() {
+                        let start = item.span().start;
+                        if better(&best, start) {
+                            best = Some((start, key.get_ref(), item.get_ref(), Some(i)));
+                        }
+                    }
+                }
+            }
+            if let Some((_, key, value, idx)) = best {
+                path.push(match idx {
+                    Some(i) => format!("{key}[{i}]"),
+                    None => key.to_string(),
+                });
+                if let DeValue::Table(t) = value {
+                    walk(t, offset, path);
+                }
+            }
+        }
+        let mut path = Vec::new();
+        walk(self.root.as_ref()?.get_ref(), offset, &mut path);
+        if path.is_empty() {
+            return None;
+        }
+        Some(path.join("."))
+    }
+
+    /// Line of the deepest part of `path` present in the file.
+    pub(super) fn line(&self, path: &[Seg<'_>]) -> Option<usize> {
+        let root = self.root.as_ref()?;
+        let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
+        let mut value: Option<&DeValue<'_>> = None;
+        let mut best: Option<usize> = None;
+        for seg in path {
+            let next = match (seg, table, value) {
+                (Seg::Key(k), Some(t), _) => t
+                    .iter()
+                    .find(|(key, _)| key.get_ref().as_ref() == *k)
+                    .map(|(key, v)| (key.span().start, v)),
+                (Seg::Index(i), _, Some(DeValue::Array(a))) => {
+                    a.get(*i).map(|v| (v.span().start, v))
+                }
+                _ => None,
+            };
+            let Some((offset, v)) = next else { break };
+            best = Some(offset);
+            value = Some(v.get_ref());
+            table = v.get_ref().as_table();
+        }
+        best.map(|o| line_of_offset(self.text, o))
+    }
+}
+
+struct Report<'t> {
+    locator: Locator<'t>,
+    problems: Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn add(&mut self, path: &[Seg<'_>], message: impl Into<String>) {
+        let key = path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => format!(".{k}"),
+                Seg::Index(i) => format!("[{i}]"),
+            })
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_string();
+        self.problems.push(Problem {
+            line: self.locator.line(path),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn at_least(&mut self, table: &str, key: &str, value: u64, min: u64) {
+        if value < min {
+            self.add(
+                &[Seg::Key(table), Seg::Key(key)],
+                format!("must be at least {min} (got {value})"),
+            );
+        }
+    }
+}
+
+/// Every rule violation in `config`; empty when the config is valid.
+pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
+    let mut r = Report {
+        locator: Locator::new(text),
+        problems: Vec::new(),
+    };
+    let s = &config.server;
+    r.at_least("server", "threads", s.threads as u64, 1);
+    if s.listen == s.admin_listen {
+        r.add(
+            &[Seg::Key("server"), Seg::Key("admin_listen")],
+            "must differ from server.listen",
+        );
+    }
+
+    let db = &config.database;
+    if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://")) {
+        r.add(
+            &[Seg::Key("database"), Seg::Key("url")],
+            "must be a postgres:// or postgresql:// URL",
+        );
+    }
+    r.at_least("database", "pool_size", db.pool_size as u64, 1);
+
+    let t = &config.tokens;
+    for (key, v) in [("issuer", &t.issuer), ("audience", &t.audience)] {
+        if v.trim().is_empty() {
+            r.add(&[Seg::Key("tokens"), Seg::Key(key)], "must not be empty");
+        }
+    }
+    r.at_least("tokens", "access_ttl_secs", t.access_ttl_secs, 1);
+    r.at_least("tokens", "refresh_ttl_secs", t.refresh_ttl_secs, 1);
+    if t.refresh_ttl_secs < t.access_ttl_secs {
+        r.add(
+            &[Seg::Key("tokens"), Seg::Key("refresh_ttl_secs")],
+            "must not be shorter than tokens.access_ttl_secs",
+        );
+    }
+    match (t.algorithm, &t.hs256_secret_env) {
+        (super::Algorithm::HS256, None) => r.add(
+            &[Seg::Key("tokens"), Seg::Key("algorithm")],
+            "HS256 needs tokens.hs256_secret_env naming the env var that holds the secret",
+        ),
+        (a, Some(_)) if a != super::Algorithm::HS256 => r.add(
+            &[Seg::Key("tokens"), Seg::Key("hs256_secret_env")],
+            "is only used with algorithm = \"HS256\"",
+        ),
+        _ => {}
+    }
+    if t.keys_dir.trim().is_empty() {
+        r.add(
+            &[Seg::Key("tokens"), Seg::Key("keys_dir")],
+            "must not be empty",
+        );
+    }
+
+    let p = &config.passwords;
+    r.at_least("passwords", "argon2_iterations", p.argon2_iterations.into(), 1);
+    r.at_least("passwords", "argon2_parallelism", p.argon2_parallelism.into(), 1);
+    r.at_least(
+        "passwords",
+        "argon2_memory_kib",
+        p.argon2_memory_kib.into(),
+        8 * u64::from(p.argon2_parallelism.max(1)),
+    );
+    r.at_least("passwords", "min_length", p.min_length as u64, 1);
+    if p.max_length < p.min_length {
+        r.add(
+            &[Seg::Key("passwords"), Seg::Key("max_length")],
+            "must not be smaller than passwords.min_length",
+        );
+    }
+    if p.max_length > 4096 {
+        r.add(
+            &[Seg::Key("passwords"), Seg::Key("max_length")],
+            "must be at most 4096 bytes",
+        );
+    }
+
+    let rv = &config.revocation;
+    r.at_least("revocation", "cache_ttl_secs", rv.cache_ttl_secs, 1);
+    r.at_least("revocation", "cache_capacity", rv.cache_capacity, 1);
+
+    let ih = &config.identity_headers;
+    let mut seen_headers = HashSet::new();
+    for (key, name) in [
+        ("user_id", &ih.user_id),
+        ("role", &ih.role),
+        ("session_id", &ih.session_id),
+        ("email", &ih.email),
+    ] {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            r.add(
+                &[Seg::Key("identity_headers"), Seg::Key(key)],
+                format!("{name:?} is not a valid header name"),
+            );
+        } else if !seen_headers.insert(name.to_ascii_lowercase()) {
+            r.add(
+                &[Seg::Key("identity_headers"), Seg::Key(key)],
+                format!("{name:?} is used for two identity headers"),
+            );
+        }
+    }
+
+    let mut names = HashSet::new();
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let at = |k| [Seg::Key("upstream"), Seg::Index(i), Seg::Key(k)];
+        if u.name.trim().is_empty() {
+            r.add(&at("name"), "must not be empty");
+        } else if !names.insert(u.name.as_str()) {
+            r.add(&at("name"), format!("upstream {:?} is defined twice", u.name));
+        }
+        if u.addrs.is_empty() {
+            r.add(&at("addrs"), "needs at least one address");
+        }
+        for a in &u.addrs {
+            if !valid_host_port(a) {
+                r.add(&at("addrs"), format!("{a:?} is not a host:port address"));
+            }
+        }
+        if let Some(path) = &u.health_check_path
+            && !path.starts_with('/')
+        {
+            r.add(&at("health_check_path"), "must start with '/'");
+        }
+        if u.health_check_interval_secs == 0 {
+            r.add(&at("health_check_interval_secs"), "must be at least 1");
+        }
+        if u.connect_timeout_ms == 0 {
+            r.add(&at("connect_timeout_ms"), "must be at least 1");
+        }
+        if u.read_timeout_ms == 0 {
+            r.add(&at("read_timeout_ms"), "must be at least 1");
+        }
+    }
+
+    let mut routes = HashSet::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = |k| [Seg::Key("route"), Seg::Index(i), Seg::Key(k)];
+        let prefix = route.prefix.as_str();
+        if !prefix.starts_with('/') {
+            r.add(&at("prefix"), "must start with '/'");
+        } else if prefix == "/auth" || prefix.starts_with("/auth/") {
+            r.add(
+                &at("prefix"),
+                "no route may live under /auth/ (the gateway serves it itself)",
+            );
+        } else if prefix.contains("//")
+            || prefix
+                .split('/')
+                .any(|seg| seg == "." || seg == ".." || seg.contains('%') || seg.contains('\\'))
+        {
+            r.add(
+                &at("prefix"),
+                "must be a normalized path (no '//', '.', '..', '%' or '\\')",
+            );
+        }
+        if !names.contains(route.upstream.as_str()) {
+            r.add(
+                &at("upstream"),
+                format!("names upstream {:?}, which is not defined", route.upstream),
+            );
+        }
+        for role in &route.roles {
+            if !ROLES.contains(&role.as_str()) {
+                r.add(
+                    &at("roles"),
+                    format!("unknown role {role:?} (roles are: user, admin)"),
+                );
+            }
+        }
+        if route.auth == AuthMode::None && !route.roles.is_empty() {
+            r.add(&at("roles"), "has no effect on a route with auth = \"none\"");
+        }
+        for m in &route.methods {
+            if !METHODS.contains(&m.as_str()) {
+                r.add(
+                    &at("methods"),
+                    format!("unknown method {m:?} (use upper case, e.g. \"GET\")"),
+                );
+            }
+        }
+        if let Some(host) = &route.host
+            && (host.is_empty() || host.contains(['/', ' ']))
+        {
+            r.add(&at("host"), format!("{host:?} is not a host name"));
+        }
+        let mut methods = route.methods.clone();
+        methods.sort();
+        let host = route.host.as_ref().map(|h| h.to_ascii_lowercase());
+        if !routes.insert((prefix.to_string(), host, methods)) {
+            r.add(
+                &at("prefix"),
+                format!("duplicate route {prefix:?} (same prefix, host and methods as an earlier route)"),
+            );
+        }
+    }
+
+    let mut providers = HashSet::new();
+    for (i, o) in config.oidc.iter().enumerate() {
+        let at = |k| [Seg::Key("oidc"), Seg::Index(i), Seg::Key(k)];
+        if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            r.add(&at("name"), "must be letters, digits, '-' or '_'");
+        } else if !providers.insert(o.name.as_str()) {
+            r.add(&at("name"), format!("provider {:?} is defined twice", o.name));
+        }
+        if !secure_or_loopback(&o.issuer) {
+            r.add(&at("issuer"), "must be an https:// URL (http only for loopback hosts)");
+        }
+        if !(o.redirect_uri.starts_with("https://") || o.redirect_uri.starts_with("http://")) {
+            r.add(&at("redirect_uri"), "must be an absolute http(s) URL");
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            r.add(&at("scopes"), "must include \"openid\"");
+        }
+    }
+    r.problems
+}
+
+/// `host:port` with a non-empty host and a numeric port.
+fn valid_host_port(addr: &str) -> bool {
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
+
+fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host == "localhost" || host == "[::1]" || host.starts_with("127.")
+}

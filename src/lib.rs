@@ -1,0 +1,134 @@
+//! portcullis: a reverse-proxy auth gateway on Pingora.
+//!
+//! Requests flow `proxy` (Pingora phases) → `access` (route, token, revocation, role) → an
+//! upstream, or `proxy::auth_api` → `auth` (use-cases) → `store` (PostgreSQL). `tokens` is
+//! shared by `auth` (issues) and `access` (verifies). `config` imports nothing of ours.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![deny(clippy::await_holding_lock)]
+#![warn(missing_docs)]
+
+pub mod access;
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod model;
+pub mod proxy;
+pub mod reload;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::server::Server;
+use pingora::server::configuration::ServerConf;
+
+use crate::access::{Authorizer, RevocationCache};
+use crate::auth::AuthService;
+use crate::auth::password::Hasher;
+use crate::config::Config;
+use crate::proxy::{Gateway, Live, Shared};
+use crate::store::Store;
+use crate::tokens::TokenService;
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Database URL or pool settings.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Signing keys.
+    #[error("signing keys: {0}")]
+    Keys(#[from] tokens::KeyError),
+    /// Password policy.
+    #[error(transparent)]
+    Hash(#[from] auth::password::HashError),
+    /// Upstream pools.
+    #[error(transparent)]
+    Upstream(#[from] proxy::upstream::UpstreamError),
+    /// Metrics registry.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn pingora_conf(config: &Config) -> ServerConf {
+    let port = config.server.listen.port();
+    let tmp = std::env::temp_dir();
+    ServerConf {
+        threads: config.server.threads,
+        // Per-instance paths: Pingora's defaults in /tmp collide between instances and tests.
+        pid_file: tmp
+            .join(format!("portcullis-{port}-{}.pid", std::process::id()))
+            .display()
+            .to_string(),
+        upgrade_sock: tmp
+            .join(format!("portcullis-{port}-{}.sock", std::process::id()))
+            .display()
+            .to_string(),
+        grace_period_seconds: Some(config.server.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace_secs),
+        work_stealing: true,
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the whole gateway — proxy listener, admin listener, revocation listener, health
+/// checks, live reload — ready for `run_forever`. Used by `main`, the tests and the benches.
+pub fn build_server(config: Config, config_path: &Path) -> Result<Server, BuildError> {
+    let conf = pingora_conf(&config);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let store = Store::new(&config.database.url, config.database.pool_size)?;
+    let tokens = Arc::new(TokenService::new(&config.tokens)?);
+    let hasher = Hasher::new(&config.passwords)?;
+    let auth = AuthService::new(&config, store.clone(), tokens.clone(), hasher);
+    let revocations = Arc::new(RevocationCache::new(
+        store.clone(),
+        config.revocation.cache_capacity,
+        Duration::from_secs(config.revocation.cache_ttl_secs),
+    ));
+    let authorizer = Authorizer::new(tokens.clone(), revocations.clone(), config.revocation.on_db_error);
+    if config.revocation.on_db_error == config::OnDbError::Allow {
+        tracing::warn!("revocation.on_db_error = \"allow\": tokens are accepted when their status cannot be checked");
+    }
+    let metrics = telemetry::Metrics::new()?;
+    let listen = config.server.listen.to_string();
+    let admin_listen = config.server.admin_listen.to_string();
+    let live = Live::build(Arc::new(config.clone()))?;
+    let shared = Arc::new(Shared::new(&config, live, auth, authorizer, metrics, store.clone()));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(shared.clone()),
+        "portcullis proxy",
+    );
+    proxy.add_tcp(&listen);
+    server.add_service(proxy);
+
+    let mut admin = pingora::services::listening::Service::new(
+        "portcullis admin".to_string(),
+        admin::AdminApp::new(shared.clone()),
+    );
+    admin.add_tcp(&admin_listen);
+    server.add_service(admin);
+
+    let url = store.url().to_string();
+    let cache = revocations.clone();
+    server.add_service(proxy::services::task("revocation listener", move || {
+        let cache = cache.clone();
+        store::listen_for_revocations(url.clone(), move |event| cache.apply(event))
+    }));
+    let health_shared = shared.clone();
+    server.add_service(proxy::services::task("health checks", move || {
+        proxy::upstream::run_health_checks(health_shared.clone())
+    }));
+    let path: PathBuf = config_path.to_path_buf();
+    server.add_service(proxy::services::task("config reload", move || {
+        reload::Reloader::new(path.clone(), shared.clone(), tokens.clone()).run()
+    }));
+    Ok(server)
+}

@@ -1,0 +1,375 @@
+//! Adapts HTTP to the `/auth` use-cases: routing by method and path, content-type and size
+//! checks, typed JSON bodies, bearer authentication, and the responses of API.md §4.
+
+use pingora::proxy::Session;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::respond::{self, ApiError};
+use super::{Ctx, Shared};
+use crate::access::{Denial, bearer};
+use crate::auth::{AuthError, ClientInfo, RefreshResult};
+use crate::model::Role;
+use crate::store::AdminUpdate;
+use crate::tokens::Claims;
+
+/// Largest request body accepted on /auth.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Whether a normalized path is served by the gateway itself.
+pub fn is_auth_path(path: &str) -> bool {
+    path == "/auth" || path.starts_with("/auth/") || path == "/.well-known/jwks.json"
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+#[derive(Deserialize)]
+struct PasswordBody {
+    current_password: String,
+    new_password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchUser {
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    is_active: Option<bool>,
+}
+
+/// The endpoints, by path shape.
+enum Endpoint {
+    Register,
+    Login,
+    Refresh,
+    Logout,
+    LogoutAll,
+    Me,
+    Sessions,
+    Session(Uuid),
+    Password,
+    Jwks,
+    AdminUsers,
+    AdminUser(Uuid),
+    AdminUserSessions(Uuid),
+}
+
+impl Endpoint {
+    fn parse(path: &str) -> Option<Endpoint> {
+        if path == "/.well-known/jwks.json" {
+            return Some(Endpoint::Jwks);
+        }
+        let rest = path.strip_prefix("/auth/")?;
+        let segs: Vec<&str> = rest.split('/').collect();
+        let id = |s: &str| Uuid::parse_str(s).ok();
+        Some(match segs.as_slice() {
+            ["register"] => Endpoint::Register,
+            ["login"] => Endpoint::Login,
+            ["refresh"] => Endpoint::Refresh,
+            ["logout"] => Endpoint::Logout,
+            ["logout-all"] => Endpoint::LogoutAll,
+            ["me"] => Endpoint::Me,
+            ["sessions"] => Endpoint::Sessions,
+            ["sessions", s] => Endpoint::Session(id(s)?),
+            ["password"] => Endpoint::Password,
+            ["jwks.json"] => Endpoint::Jwks,
+            ["admin", "users"] => Endpoint::AdminUsers,
+            ["admin", "users", s] => Endpoint::AdminUser(id(s)?),
+            ["admin", "users", s, "sessions"] => Endpoint::AdminUserSessions(id(s)?),
+            _ => return None,
+        })
+    }
+
+    fn allow(&self) -> &'static str {
+        match self {
+            Endpoint::Register
+            | Endpoint::Login
+            | Endpoint::Refresh
+            | Endpoint::Logout
+            | Endpoint::LogoutAll
+            | Endpoint::Password => "POST",
+            Endpoint::Me | Endpoint::Sessions | Endpoint::AdminUsers => "GET, HEAD",
+            Endpoint::Jwks => "GET, HEAD",
+            Endpoint::Session(_) | Endpoint::AdminUserSessions(_) => "DELETE",
+            Endpoint::AdminUser(_) => "PATCH",
+        }
+    }
+}
+
+/// Answers one /auth request; returns the status written.
+pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path: &str) -> u16 {
+    let result = dispatch(shared, session, ctx, path).await;
+    match result {
+        Ok(status) => status,
+        Err(err) => {
+            if err.status == 413 {
+                // The rest of the body is not read: the connection cannot be reused.
+                session.set_keepalive(None);
+            }
+            if err.code == "rate_limited" {
+                shared.metrics.auth_event("rate_limited");
+            }
+            respond::error(session, &err, &ctx.request_id).await
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    path: &str,
+) -> Result<u16, ApiError> {
+    let endpoint = Endpoint::parse(path)
+        .ok_or_else(|| ApiError::new(404, "not_found", "no such /auth endpoint"))?;
+    let method = session.req_header().method.as_str().to_string();
+    let allowed = endpoint
+        .allow()
+        .split(", ")
+        .any(|m| m == method);
+    if !allowed {
+        return Err(ApiError::method_not_allowed(endpoint.allow()));
+    }
+    let auth = &shared.auth;
+    let rid = ctx.request_id.clone();
+    let client = ClientInfo {
+        ip: ctx.client_ip,
+        user_agent: session
+            .req_header()
+            .headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect()),
+    };
+    match endpoint {
+        Endpoint::Jwks => Ok(respond::json(session, 200, &auth.tokens().jwks(), false, &rid).await),
+        Endpoint::Register => {
+            let body: Credentials = read_json(session).await?;
+            let user = auth.register(&body.email, body.password, &client).await?;
+            shared.metrics.auth_event("register");
+            Ok(respond::json(session, 201, &serde_json::json!({ "user": user }), true, &rid).await)
+        }
+        Endpoint::Login => {
+            let body: Credentials = read_json(session).await?;
+            match auth.login(&body.email, body.password, &client).await {
+                Ok(pair) => {
+                    shared.metrics.auth_event("login_ok");
+                    Ok(respond::json(session, 200, &pair, true, &rid).await)
+                }
+                Err(e) => {
+                    if matches!(e, AuthError::InvalidCredentials | AuthError::AccountDisabled) {
+                        shared.metrics.auth_event("login_failed");
+                    }
+                    Err(e.into())
+                }
+            }
+        }
+        Endpoint::Refresh => {
+            let body: RefreshBody = read_json(session).await?;
+            match auth.refresh(&body.refresh_token).await? {
+                RefreshResult::Ok(pair) => {
+                    shared.metrics.auth_event("refresh");
+                    Ok(respond::json(session, 200, &*pair, true, &rid).await)
+                }
+                RefreshResult::Invalid => Err(AuthError::InvalidToken.into()),
+                RefreshResult::ReuseDetected => {
+                    shared.metrics.auth_event("refresh_reuse_detected");
+                    Err(AuthError::InvalidToken.into())
+                }
+            }
+        }
+        Endpoint::Logout => {
+            let body: RefreshBody = read_json(session).await?;
+            auth.logout(&body.refresh_token).await?;
+            shared.metrics.auth_event("logout");
+            Ok(respond::empty(session, 204, &rid).await)
+        }
+        Endpoint::LogoutAll => {
+            let caller = caller(shared, session).await?;
+            auth.logout_all(&caller).await?;
+            shared.metrics.auth_event("logout");
+            Ok(respond::empty(session, 204, &rid).await)
+        }
+        Endpoint::Me => {
+            let caller = caller(shared, session).await?;
+            let user = auth.me(&caller).await?;
+            Ok(respond::json(session, 200, &serde_json::json!({ "user": user }), true, &rid).await)
+        }
+        Endpoint::Sessions => {
+            let caller = caller(shared, session).await?;
+            let sessions = auth.sessions(&caller).await?;
+            Ok(respond::json(session, 200, &serde_json::json!({ "sessions": sessions }), true, &rid).await)
+        }
+        Endpoint::Session(sid) => {
+            let caller = caller(shared, session).await?;
+            auth.delete_session(&caller, sid).await?;
+            Ok(respond::empty(session, 204, &rid).await)
+        }
+        Endpoint::Password => {
+            let caller = caller(shared, session).await?;
+            let body: PasswordBody = read_json(session).await?;
+            auth.change_password(&caller, body.current_password, body.new_password)
+                .await?;
+            Ok(respond::empty(session, 204, &rid).await)
+        }
+        Endpoint::AdminUsers => {
+            let caller = caller(shared, session).await?;
+            let query = session.req_header().uri.query().unwrap_or_default().to_string();
+            let mut limit = None;
+            let mut cursor = None;
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                match k.as_ref() {
+                    "limit" => limit = Some(v.into_owned()),
+                    "cursor" if !v.is_empty() => cursor = Some(v.into_owned()),
+                    _ => {}
+                }
+            }
+            let page = auth
+                .admin_list_users(&caller, limit.as_deref(), cursor.as_deref())
+                .await?;
+            Ok(respond::json(session, 200, &page, true, &rid).await)
+        }
+        Endpoint::AdminUser(id) => {
+            let caller = caller(shared, session).await?;
+            if caller.role != Role::Admin {
+                return Err(AuthError::Forbidden("this endpoint is for admins").into());
+            }
+            let body: PatchUser = read_json(session).await?;
+            let user = auth
+                .admin_update_user(
+                    &caller,
+                    id,
+                    AdminUpdate {
+                        role: body.role,
+                        is_active: body.is_active,
+                    },
+                )
+                .await?;
+            Ok(respond::json(session, 200, &serde_json::json!({ "user": user }), true, &rid).await)
+        }
+        Endpoint::AdminUserSessions(id) => {
+            let caller = caller(shared, session).await?;
+            auth.admin_revoke_sessions(&caller, id).await?;
+            Ok(respond::empty(session, 204, &rid).await)
+        }
+    }
+}
+
+/// Authenticates the Bearer caller of an /auth endpoint (full verification + revocation).
+async fn caller(shared: &Shared, session: &Session) -> Result<std::sync::Arc<Claims>, ApiError> {
+    let headers = &session.req_header().headers;
+    let token = bearer(headers.get_all("authorization").iter().map(|v| v.as_bytes()))?;
+    let Some(token) = token else {
+        return Err(Denial::MissingToken.into());
+    };
+    match shared.authorizer.authenticate(token).await {
+        Ok(auth) => Ok(auth.claims),
+        Err(denial) => Err(denial.into()),
+    }
+}
+
+/// Reads and parses a JSON body: 415 for another content type, 413 over 64 KiB, 400 for
+/// malformed JSON or a wrongly-typed field (named in the message).
+async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiError> {
+    let headers = &session.req_header().headers;
+    let json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            413,
+            "payload_too_large",
+            format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::bad_request("the request body could not be read")),
+        }
+    }
+    parse_json(&body)
+}
+
+/// Parses `body` into `T`, naming the offending field on error.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() != serde_json::error::Category::Data || path == "." {
+            ApiError::bad_request(format!("invalid JSON body: {inner}"))
+        } else {
+            ApiError::bad_request(format!("field `{path}`: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Credentials>(br#"{"email": 5, "password": "x"}"#).err().unwrap();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("`email`"), "{}", e.message);
+        let e = parse_json::<Credentials>(br#"{"email": "a@b.c"}"#).err().unwrap();
+        assert!(e.message.contains("password"), "{}", e.message);
+        let e = parse_json::<Credentials>(b"{not json").err().unwrap();
+        assert!(e.message.starts_with("invalid JSON body"), "{}", e.message);
+        assert!(parse_json::<Credentials>(br#"{"email":"a","password":"b"} x"#).is_err());
+        let e = parse_json::<PatchUser>(br#"{"role":"root"}"#).err().unwrap();
+        assert!(e.message.contains("`role`"), "{}", e.message);
+    }
+
+    #[test]
+    fn endpoints_parse_and_unknown_paths_do_not() {
+        assert!(matches!(Endpoint::parse("/auth/login"), Some(Endpoint::Login)));
+        assert!(matches!(
+            Endpoint::parse("/auth/admin/users/7f1c7c1e-8c44-4e59-9a53-0b1a5f1d2e3f/sessions"),
+            Some(Endpoint::AdminUserSessions(_))
+        ));
+        assert!(Endpoint::parse("/auth/nope").is_none());
+        assert!(Endpoint::parse("/auth/sessions/not-a-uuid").is_none());
+        assert!(is_auth_path("/auth/login") && is_auth_path("/.well-known/jwks.json"));
+        assert!(!is_auth_path("/authx"));
+    }
+}

@@ -1,0 +1,261 @@
+//! What crosses to the upstream: framing checks, the request id, the client address, and the
+//! header rewrite (client identity headers stripped, ours added, `Authorization` dropped unless
+//! the route forwards it).
+
+use std::net::IpAddr;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use pingora::Result;
+use pingora::http::RequestHeader;
+
+use super::respond::ApiError;
+use crate::config::Config;
+use crate::tokens::Claims;
+
+/// Header names fixed at start.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    user_id: HeaderName,
+    role: HeaderName,
+    session_id: HeaderName,
+    email: HeaderName,
+    /// Identity header names, lower-case with `_` as `-`.
+    strip: Vec<String>,
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// Lower-case with `_` read as `-`: how names are compared for stripping.
+fn canonical_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+fn header_name(name: &str, fallback: &'static str) -> HeaderName {
+    HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
+}
+
+impl Forwarding {
+    /// From `[identity_headers]` and `server.trusted_proxies`.
+    pub fn new(config: &Config) -> Forwarding {
+        let ih = &config.identity_headers;
+        Forwarding {
+            user_id: header_name(&ih.user_id, "x-auth-user-id"),
+            role: header_name(&ih.role, "x-auth-role"),
+            session_id: header_name(&ih.session_id, "x-auth-session-id"),
+            email: header_name(&ih.email, "x-auth-email"),
+            strip: ih.names().iter().map(|n| canonical_name(n)).collect(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        }
+    }
+
+    /// Whether a client-sent header must never reach the upstream.
+    pub fn is_identity_header(&self, name: &str) -> bool {
+        let name = canonical_name(name);
+        name.starts_with("x-auth-") || self.strip.contains(&name)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address: the peer, or — when the peer is a trusted proxy — the rightmost
+    /// untrusted address of `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: Option<IpAddr>, req: &RequestHeader) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.trusted(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let chain: Vec<IpAddr> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        for ip in chain.into_iter().rev() {
+            client = ip;
+            if !self.trusted(ip) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    /// Rewrites the upstream request headers.
+    pub fn rewrite(
+        &self,
+        req: &mut RequestHeader,
+        identity: Option<&Claims>,
+        request_id: &str,
+        peer: Option<IpAddr>,
+        forward_token: bool,
+    ) -> Result<()> {
+        // Headers named in Connection are hop-by-hop; honour that, but never for a header we
+        // set ourselves — and never let it remove identity headers.
+        let connection_tokens: Vec<String> = req
+            .headers
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let upgrade = connection_tokens.iter().any(|t| t == "upgrade");
+        let remove: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|name| {
+                let n = name.as_str();
+                self.is_identity_header(n)
+                    || (n == "authorization" && !forward_token)
+                    || (connection_tokens.iter().any(|t| t == n) && !protected(n))
+                    || n == "connection"
+                    || n == "keep-alive"
+                    || n == "proxy-connection"
+                    || n == "x-request-id"
+            })
+            .cloned()
+            .collect();
+        for name in remove {
+            req.remove_header(&name);
+        }
+        if upgrade && req.headers.contains_key("upgrade") {
+            req.insert_header("Connection", "upgrade")?;
+        }
+        if let Some(c) = identity {
+            req.insert_header(self.user_id.clone(), c.sub.to_string())?;
+            req.insert_header(self.role.clone(), c.role.as_str())?;
+            req.insert_header(self.session_id.clone(), c.sid.to_string())?;
+            req.insert_header(self.email.clone(), c.email.as_str())?;
+        }
+        req.insert_header("X-Request-Id", request_id)?;
+        if let Some(peer) = peer {
+            let existing: Vec<String> = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            let value = if self.trusted(peer) && !existing.is_empty() {
+                format!("{}, {peer}", existing.join(", "))
+            } else {
+                peer.to_string()
+            };
+            req.insert_header("X-Forwarded-For", value)?;
+        }
+        Ok(())
+    }
+}
+
+/// Headers a client's `Connection` header may not remove.
+fn protected(name: &str) -> bool {
+    matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | "x-forwarded-for" | "x-request-id"
+    )
+}
+
+/// HTTP framing rules of API.md §4.2 item 8.
+pub fn check_framing(req: &RequestHeader) -> std::result::Result<(), ApiError> {
+    let h = &req.headers;
+    let content_lengths = h.get_all("content-length").iter().count();
+    if content_lengths > 1 {
+        return Err(ApiError::bad_request("the request has more than one Content-Length"));
+    }
+    if content_lengths == 1 && h.contains_key("transfer-encoding") {
+        return Err(ApiError::bad_request(
+            "the request has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    match h.get_all("host").iter().count() {
+        0 => Err(ApiError::bad_request("the request has no Host header")),
+        1 => Ok(()),
+        _ => Err(ApiError::bad_request("the request has more than one Host header")),
+    }
+}
+
+/// The client's `X-Request-Id` when it is a sane token, else a fresh UUID.
+pub fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding(trusted: &[&str]) -> Forwarding {
+        let mut config = Config::default();
+        config.server.trusted_proxies = trusted.iter().map(|s| s.parse().unwrap()).collect();
+        Forwarding::new(&config)
+    }
+
+    #[test]
+    fn identity_headers_match_in_any_case_and_with_underscores() {
+        let f = forwarding(&[]);
+        for n in ["X-Auth-User-Id", "x_auth_user_id", "X_AUTH_ROLE", "x-auth-anything"] {
+            assert!(f.is_identity_header(n), "{n}");
+        }
+        assert!(!f.is_identity_header("x-authority"));
+        assert!(!f.is_identity_header("authorization"));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let f = forwarding(&["10.0.0.0/8"]);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("X-Forwarded-For", "203.0.113.9, 10.1.1.1").unwrap();
+        let trusted_peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(f.client_ip(Some(trusted_peer), &req), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(f.client_ip(Some(stranger), &req), Some(stranger));
+
+        let mut up = req.clone();
+        f.rewrite(&mut up, None, "rid", Some(stranger), false).unwrap();
+        assert_eq!(up.headers["x-forwarded-for"], "198.51.100.7");
+        let mut up = req.clone();
+        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false).unwrap();
+        assert_eq!(up.headers["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
+    }
+
+    #[test]
+    fn connection_cannot_drop_identity_and_authorization_is_dropped() {
+        let f = forwarding(&[]);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Connection", "X-Auth-User-Id, x-keep-me, close").unwrap();
+        req.insert_header("X-Keep-Me", "1").unwrap();
+        req.insert_header("X_Auth_User_Id", "spoofed").unwrap();
+        req.insert_header("Authorization", "Bearer t").unwrap();
+        let claims = Claims {
+            iss: "i".into(),
+            aud: "a".into(),
+            sub: uuid::Uuid::new_v4(),
+            role: crate::model::Role::User,
+            sid: uuid::Uuid::new_v4(),
+            jti: uuid::Uuid::new_v4(),
+            iat: 0,
+            nbf: 0,
+            exp: 0,
+            email: "e@x.io".into(),
+        };
+        f.rewrite(&mut req, Some(&claims), "rid", None, false).unwrap();
+        assert_eq!(req.headers["x-auth-user-id"], claims.sub.to_string().as_str());
+        assert_eq!(req.headers.get_all("x-auth-user-id").iter().count(), 1);
+        assert!(!req.headers.contains_key("x_auth_user_id"));
+        assert!(!req.headers.contains_key("authorization"));
+        assert!(!req.headers.contains_key("x-keep-me"), "hop-by-hop header named in Connection");
+        assert!(!req.headers.contains_key("connection"));
+        assert_eq!(req.headers["x-request-id"], "rid");
+    }
+}

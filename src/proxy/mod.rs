@@ -1,0 +1,355 @@
+//! The Pingora side: the `ProxyHttp` implementation whose phases stay thin and delegate to
+//! `access/` (the decision), `auth_api` (the /auth endpoints) and `respond` (every error).
+
+pub mod auth_api;
+mod forward;
+pub mod respond;
+pub mod services;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::access::{Authorizer, RouteEntry, Routes, bearer, normalize};
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::tokens::Claims;
+use respond::ApiError;
+use upstream::{UpstreamError, UpstreamPool, build_pools};
+
+/// What can change on reload: the route table and the upstream pools, built together from
+/// one config and swapped atomically.
+#[derive(Debug)]
+pub struct Live {
+    /// The config these were built from.
+    pub config: Arc<Config>,
+    /// Compiled routes.
+    pub routes: Routes,
+    /// Pools by name.
+    pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+}
+
+impl Live {
+    /// Builds routes and pools from a validated config.
+    pub fn build(config: Arc<Config>) -> std::result::Result<Live, UpstreamError> {
+        Ok(Live {
+            routes: Routes::new(&config.routes),
+            upstreams: build_pools(&config.upstreams)?,
+            config,
+        })
+    }
+}
+
+/// State shared by every request on every worker.
+pub struct Shared {
+    /// Reloadable routes and upstreams.
+    pub live: ArcSwap<Live>,
+    /// The /auth use-cases.
+    pub auth: AuthService,
+    /// Token + revocation checks.
+    pub authorizer: Authorizer,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Database handle (readiness, pool gauges).
+    pub store: Store,
+    /// Fixed at start: identity header names (lower-case, `_` as `-`) and trusted proxies.
+    pub forwarding: forward::Forwarding,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Wires the shared state; identity header names and trusted proxies come from `config`.
+    pub fn new(
+        config: &Config,
+        live: Live,
+        auth: AuthService,
+        authorizer: Authorizer,
+        metrics: Metrics,
+        store: Store,
+    ) -> Shared {
+        Shared {
+            live: ArcSwap::from_pointee(live),
+            auth,
+            authorizer,
+            metrics,
+            store,
+            forwarding: forward::Forwarding::new(config),
+        }
+    }
+}
+
+/// Per-request state carried between phases.
+#[derive(Debug)]
+pub struct Ctx {
+    started: Instant,
+    /// `X-Request-Id` (the client's or a fresh one).
+    pub request_id: String,
+    /// Metrics label: route prefix, `/auth`, or `none`.
+    route_label: String,
+    route: Option<Arc<RouteEntry>>,
+    pool: Option<Arc<UpstreamPool>>,
+    identity: Option<Arc<Claims>>,
+    /// The client address used for limits and `X-Forwarded-For` decisions.
+    pub client_ip: Option<IpAddr>,
+    peer_ip: Option<IpAddr>,
+    upstream_uri: Option<http::Uri>,
+    upstream_started: Option<Instant>,
+    status: u16,
+}
+
+/// The `ProxyHttp` implementation.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// A gateway over shared state.
+    pub fn new(shared: Arc<Shared>) -> Gateway {
+        Gateway { shared }
+    }
+}
+
+/// What `request_filter` decided.
+enum Decision {
+    /// Continue to the upstream.
+    Forward,
+    /// Answer with this error, nothing forwarded.
+    Reject(ApiError),
+    /// A response (an /auth answer) was already written.
+    Responded,
+}
+
+impl Gateway {
+    async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Decision {
+        let shared = &*self.shared;
+        if let Err(e) = forward::check_framing(session.req_header()) {
+            return Decision::Reject(e);
+        }
+        ctx.request_id = forward::request_id(session.req_header());
+        ctx.peer_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = shared
+            .forwarding
+            .client_ip(ctx.peer_ip, session.req_header());
+        let path = match normalize(session.req_header().uri.path()) {
+            Ok(p) => p,
+            Err(e) => return Decision::Reject(e.into()),
+        };
+        if auth_api::is_auth_path(&path) {
+            ctx.route_label = "/auth".to_string();
+            ctx.status = auth_api::handle(shared, session, ctx, &path).await;
+            return Decision::Responded;
+        }
+        let live = shared.live.load();
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let Some(route) = live.routes.find(host, &req.method, &path) else {
+            return Decision::Reject(ApiError::not_found());
+        };
+        ctx.route_label = route.prefix.clone();
+        let token = match bearer(req.headers.get_all("authorization").iter().map(|v| v.as_bytes()))
+        {
+            Ok(t) => t,
+            Err(d) => return Decision::Reject(d.into()),
+        };
+        match shared.authorizer.authorize(route, token).await {
+            Ok(auth) => {
+                if let Some(auth) = auth {
+                    if let Some(lookup) = auth.lookup {
+                        let label = match lookup {
+                            crate::access::Lookup::Hit => "hit",
+                            crate::access::Lookup::Miss => "miss",
+                        };
+                        shared.metrics.revocation_cache.with_label_values(&[label]).inc();
+                    }
+                    ctx.identity = Some(auth.claims);
+                }
+            }
+            Err(denial) => {
+                shared
+                    .metrics
+                    .access_denied
+                    .with_label_values(&[denial.reason()])
+                    .inc();
+                return Decision::Reject(denial.into());
+            }
+        }
+        let upstream_path = route.upstream_path(&path);
+        let path_and_query = match req.uri.query() {
+            Some(q) => format!("{upstream_path}?{q}"),
+            None => upstream_path.into_owned(),
+        };
+        match http::Uri::builder().path_and_query(path_and_query).build() {
+            Ok(uri) => ctx.upstream_uri = Some(uri),
+            Err(_) => return Decision::Reject(ApiError::bad_request("the request target is invalid")),
+        }
+        ctx.pool = live.upstreams.get(&route.upstream).cloned();
+        ctx.route = Some(Arc::new(route.clone()));
+        Decision::Forward
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            request_id: String::new(),
+            route_label: "none".to_string(),
+            route: None,
+            pool: None,
+            identity: None,
+            client_ip: None,
+            peer_ip: None,
+            upstream_uri: None,
+            upstream_started: None,
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.decide(session, ctx).await {
+            Decision::Forward => Ok(false),
+            Decision::Responded => Ok(true),
+            Decision::Reject(err) => {
+                if ctx.request_id.is_empty() {
+                    ctx.request_id = uuid::Uuid::new_v4().to_string();
+                }
+                if err.status == 400 {
+                    session.set_keepalive(None);
+                }
+                ctx.status = respond::error(session, &err, &ctx.request_id).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let peer = ctx.pool.as_ref().and_then(|p| p.peer()).ok_or_else(|| {
+            Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream address")
+        })?;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let forward_token = ctx.route.as_ref().is_some_and(|r| r.forward_token);
+        if let Some(uri) = ctx.upstream_uri.take() {
+            upstream_request.set_uri(uri);
+        }
+        self.shared.forwarding.rewrite(
+            upstream_request,
+            ctx.identity.as_deref(),
+            &ctx.request_id,
+            ctx.peer_ip,
+            forward_token,
+        )
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream_response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let err = match e.etype() {
+            HTTPStatus(502) => Some(ApiError::new(502, "bad_gateway", "the upstream is unavailable")),
+            HTTPStatus(code) if *code >= 400 && *code < 500 => {
+                Some(ApiError::bad_request("the request is malformed"))
+            }
+            ConnectTimedout | ReadTimedout | WriteTimedout => Some(ApiError::new(
+                504,
+                "gateway_timeout",
+                "the upstream did not answer in time",
+            )),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(ApiError::new(
+                    502,
+                    "bad_gateway",
+                    "the upstream refused or dropped the connection",
+                )),
+                ErrorSource::Downstream => match e.etype() {
+                    ReadError | WriteError | ConnectionClosed => None,
+                    _ => Some(ApiError::bad_request("the request is malformed")),
+                },
+                _ => Some(ApiError::new(500, "internal", "internal error")),
+            },
+        };
+        let code = match err {
+            Some(err) => {
+                if ctx.request_id.is_empty() {
+                    ctx.request_id = uuid::Uuid::new_v4().to_string();
+                }
+                respond::error(session, &err, &ctx.request_id).await
+            }
+            None => 0,
+        };
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let metrics = &self.shared.metrics;
+        metrics
+            .requests
+            .with_label_values(&[ctx.route_label.as_str(), &status.to_string()])
+            .inc();
+        if let (Some(start), Some(pool)) = (ctx.upstream_started, ctx.pool.as_ref()) {
+            metrics
+                .upstream_duration
+                .with_label_values(&[pool.name.as_str()])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            route = %ctx.route_label,
+            status,
+            user = ctx.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
+            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}

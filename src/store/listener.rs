@@ -1,0 +1,108 @@
+//! The dedicated LISTEN connection that keeps every instance's revocation cache coherent.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use super::REVOCATION_CHANNEL;
+
+/// What a notification (or the connection's state) tells the revocation cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationEvent {
+    /// One session (token family) was revoked.
+    Session(Uuid),
+    /// Something about a user changed (deactivated, role changed, all sessions revoked).
+    User(Uuid),
+    /// Notifications may have been missed (new or re-established connection): forget all.
+    All,
+}
+
+impl RevocationEvent {
+    /// Wire form of the NOTIFY payload.
+    pub fn to_payload(&self) -> String {
+        match self {
+            RevocationEvent::Session(id) => format!("s:{id}"),
+            RevocationEvent::User(id) => format!("u:{id}"),
+            RevocationEvent::All => "all".to_string(),
+        }
+    }
+
+    /// Parses a payload; an unknown one is treated as "forget everything" (fail safe).
+    pub fn from_payload(payload: &str) -> RevocationEvent {
+        let parsed = match payload.split_once(':') {
+            Some(("s", id)) => Uuid::parse_str(id).ok().map(RevocationEvent::Session),
+            Some(("u", id)) => Uuid::parse_str(id).ok().map(RevocationEvent::User),
+            _ => None,
+        };
+        parsed.unwrap_or(RevocationEvent::All)
+    }
+}
+
+/// Holds a LISTEN connection forever, reconnecting with backoff. `on_event` receives every
+/// revocation, and `All` whenever a connection is (re-)established, since notifications sent
+/// while disconnected are lost.
+pub async fn listen_for_revocations<F>(url: String, on_event: F)
+where
+    F: Fn(RevocationEvent) + Send + Sync,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match listen_once(&url, &on_event).await {
+            Ok(()) => tracing::warn!("revocation LISTEN connection closed; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "revocation LISTEN connection failed; retrying"),
+        }
+        // Whatever happened while we were away is unknown.
+        on_event(RevocationEvent::All);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        if backoff >= Duration::from_secs(2) {
+            backoff = Duration::from_millis(500);
+        }
+    }
+}
+
+async fn listen_once<F>(url: &str, on_event: &F) -> Result<(), tokio_postgres::Error>
+where
+    F: Fn(RevocationEvent),
+{
+    let config = match tokio_postgres::Config::from_str(url) {
+        Ok(c) => c,
+        Err(e) => return Err(e),
+    };
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(Ok(n.payload().to_string())).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {REVOCATION_CHANNEL}"))
+        .await?;
+    tracing::info!("listening for revocations");
+    on_event(RevocationEvent::All);
+    let result = loop {
+        match rx.recv().await {
+            Some(Ok(payload)) => on_event(RevocationEvent::from_payload(&payload)),
+            Some(Err(e)) => break Err(e),
+            None => break Ok(()),
+        }
+    };
+    driver.abort();
+    drop(client);
+    result
+}

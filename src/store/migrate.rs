@@ -1,0 +1,77 @@
+//! Embedded migrations (refinery): `migrations/V<n>__<name>.sql`, applied in order and
+//! recorded in `refinery_schema_history`; re-running is a no-op.
+
+use std::str::FromStr;
+
+use tokio_postgres::NoTls;
+
+use super::StoreError;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Serializes concurrent migrators (several instances starting at once).
+const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_6375_6c6c; // "portcull"
+
+async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "migration connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the database named in `url` when it does not exist yet.
+pub async fn ensure_database(url: &str) -> Result<bool, StoreError> {
+    let config =
+        tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| StoreError::BadUrl("the URL names no database".into()))?
+        .to_string();
+    match connect(&config).await {
+        Ok(_) => return Ok(false),
+        Err(StoreError::Db(msg)) if msg.starts_with("3D000") => {}
+        Err(e) => return Err(e),
+    }
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies pending migrations and returns the names of those applied now.
+pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
+    let config =
+        tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+    let mut client = connect(&config).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let result = embedded::migrations::runner()
+        .set_grouped(false)
+        .run_async(&mut client)
+        .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
+    let report = result.map_err(|e| StoreError::Db(format!("migration failed: {e}")))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect())
+}

@@ -1,0 +1,155 @@
+//! Everything that talks to PostgreSQL: the pool, migrations, users, sessions and refresh
+//! tokens, and the LISTEN connection. No other module touches tokio-postgres or deadpool.
+
+mod listener;
+mod migrate;
+mod sessions;
+mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use tokio_postgres::NoTls;
+
+pub use listener::{RevocationEvent, listen_for_revocations};
+pub use migrate::{ensure_database, migrate};
+pub use sessions::{NewSession, RefreshOutcome, Successor};
+pub use users::{AdminUpdate, AdminUpdateOutcome, StoredUser};
+
+/// The notification channel every revocation is announced on.
+pub const REVOCATION_CHANNEL: &str = "portcullis_revocation";
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached (callers answer 503, never 401).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint was violated; carries the constraint name.
+    #[error("unique constraint {0} violated")]
+    Unique(String),
+    /// The database URL is not valid.
+    #[error("invalid database url: {0}")]
+    BadUrl(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
+                return StoreError::Unique(db.constraint().unwrap_or_default().to_string());
+            }
+            let code = db.code().code();
+            // Class 08 (connection), 53 (resources), 57 (operator intervention: shutdown).
+            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") {
+                return StoreError::Unavailable(db.message().to_string());
+            }
+            return StoreError::Db(format!("{}: {}", code, db.message()));
+        }
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+/// Pool gauge values for /metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolUsage {
+    /// Connections open and idle.
+    pub idle: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+}
+
+impl Store {
+    /// Builds the pool without connecting: connections are opened lazily on the runtime that
+    /// first uses them (Pingora owns its runtimes).
+    pub fn new(url: &str, pool_size: usize) -> Result<Store, StoreError> {
+        let pg = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(Duration::from_secs(5)),
+                create: Some(Duration::from_secs(2)),
+                recycle: Some(Duration::from_secs(2)),
+            })
+            .build()
+            .map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        Ok(Store {
+            pool,
+            url: url.to_string(),
+        })
+    }
+
+    /// The URL this store connects to (for the LISTEN connection).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Round trip to the database, for /readyz.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Current pool usage.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let status = self.pool.status();
+        let idle = status.available;
+        PoolUsage {
+            idle,
+            in_use: status.size.saturating_sub(idle),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Announces a revocation inside the transaction that made it, so listeners never see a
+/// notification for an uncommitted change.
+async fn notify(
+    tx: &deadpool_postgres::Transaction<'_>,
+    event: &RevocationEvent,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&REVOCATION_CHANNEL, &event.to_payload()],
+    )
+    .await?;
+    Ok(())
+}

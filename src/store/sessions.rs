@@ -1,0 +1,320 @@
+//! Sessions (token families) and refresh tokens: creation, rotation with reuse detection,
+//! revocation (always with a NOTIFY in the same transaction), and the revocation status.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
+
+use super::{RevocationEvent, Store, StoreError, notify};
+use crate::model::{Role, SessionInfo, SessionStatus, User};
+
+/// Everything needed to open a session at login.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// Owner.
+    pub user_id: Uuid,
+    /// Per-session HMAC key for successor derivation.
+    pub secret: &'a [u8],
+    /// SHA-256 of the first refresh token.
+    pub token_hash: &'a [u8],
+    /// Absolute end of the session.
+    pub expires_at: DateTime<Utc>,
+    /// User-Agent of the login request.
+    pub user_agent: Option<&'a str>,
+    /// Client IP of the login request.
+    pub ip: Option<IpAddr>,
+}
+
+/// A successor refresh token, derived by the caller from the session secret.
+#[derive(Debug, Clone)]
+pub struct Successor {
+    /// The token handed to the client.
+    pub token: String,
+    /// Its SHA-256, the only form stored.
+    pub hash: Vec<u8>,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone)]
+pub enum RefreshOutcome {
+    /// A successor is live: freshly rotated, or the same one again inside the grace window.
+    Rotated {
+        /// The owner.
+        user: User,
+        /// The session (token family).
+        session_id: Uuid,
+        /// The successor refresh token.
+        successor: String,
+        /// Absolute end of the session.
+        expires_at: DateTime<Utc>,
+    },
+    /// Unknown, expired, revoked, or the owner is inactive.
+    Invalid,
+    /// A spent token was replayed after the grace window: the session is now revoked.
+    Reused,
+}
+
+impl Store {
+    /// Opens a session with its first refresh token; returns the session id.
+    pub async fn create_session(&self, new: NewSession<'_>) -> Result<Uuid, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let sid = Uuid::new_v4();
+        let ip = new.ip.map(|ip| ip.to_string());
+        tx.execute(
+            "INSERT INTO sessions (id, user_id, secret, expires_at, user_agent, ip)
+             VALUES ($1, $2, $3, $4, $5, $6::text::inet)",
+            &[
+                &sid,
+                &new.user_id,
+                &new.secret,
+                &new.expires_at,
+                &new.user_agent,
+                &ip,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO refresh_tokens (id, token_hash, token_family, user_id, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &Uuid::now_v7(),
+                &new.token_hash,
+                &sid,
+                &new.user_id,
+                &new.expires_at,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(sid)
+    }
+
+    /// Rotates the refresh token whose hash is `token_hash`. The token row is locked, so
+    /// concurrent presentations are serialized: the first rotates, the others fall in the
+    /// grace window and get the same successor (`derive` is deterministic per session).
+    pub async fn refresh(
+        &self,
+        token_hash: &[u8],
+        grace_secs: u64,
+        derive: impl Fn(&[u8]) -> Successor,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT rt.id AS token_id, rt.token_family, rt.used_at, rt.replaced_by,
+                        rt.revoked_at IS NOT NULL AS token_revoked, rt.expires_at AS token_expires,
+                        s.secret, s.revoked_at IS NOT NULL AS session_revoked,
+                        s.expires_at AS session_expires, now() AS now,
+                        u.id, u.email, u.role::text AS role, u.is_active, u.created_at
+                 FROM refresh_tokens rt
+                 JOIN sessions s ON s.id = rt.token_family
+                 JOIN users u ON u.id = rt.user_id
+                 WHERE rt.token_hash = $1
+                 FOR UPDATE OF rt",
+                &[&token_hash],
+            )
+            .await?
+        else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let now: DateTime<Utc> = row.try_get("now")?;
+        let token_expires: DateTime<Utc> = row.try_get("token_expires")?;
+        let session_expires: DateTime<Utc> = row.try_get("session_expires")?;
+        let user = super::users::user_from_row(&row)?;
+        if row.try_get::<_, bool>("token_revoked")?
+            || row.try_get::<_, bool>("session_revoked")?
+            || token_expires <= now
+            || session_expires <= now
+            || !user.is_active
+        {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let token_id: Uuid = row.try_get("token_id")?;
+        let sid: Uuid = row.try_get("token_family")?;
+        let secret: Vec<u8> = row.try_get("secret")?;
+        let used_at: Option<DateTime<Utc>> = row.try_get("used_at")?;
+        let successor = derive(&secret);
+        match used_at {
+            None => {
+                let next_id = Uuid::now_v7();
+                tx.execute(
+                    "INSERT INTO refresh_tokens (id, token_hash, token_family, user_id, expires_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&next_id, &successor.hash, &sid, &user.id, &session_expires],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE refresh_tokens SET used_at = $2, replaced_by = $3 WHERE id = $1",
+                    &[&token_id, &now, &next_id],
+                )
+                .await?;
+            }
+            Some(used)
+                if grace_secs > 0
+                    && now - used <= Duration::seconds(grace_secs.min(i64::MAX as u64) as i64) =>
+            {
+                // Benign race (two tabs): hand out the same successor, never a second one.
+                let live = tx
+                    .query_opt(
+                        "SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                        &[&successor.hash],
+                    )
+                    .await?;
+                if live.is_none() {
+                    return Ok(RefreshOutcome::Invalid);
+                }
+            }
+            Some(_) => {
+                revoke_session(&tx, sid).await?;
+                tx.commit().await?;
+                return Ok(RefreshOutcome::Reused);
+            }
+        }
+        tx.execute(
+            "UPDATE sessions SET last_used_at = $2 WHERE id = $1",
+            &[&sid, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshOutcome::Rotated {
+            user,
+            session_id: sid,
+            successor: successor.token,
+            expires_at: session_expires,
+        })
+    }
+
+    /// Revokes the session a refresh token belongs to (logout); unknown tokens are ignored.
+    pub async fn revoke_session_of_token(&self, token_hash: &[u8]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT token_family FROM refresh_tokens WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        if let Some(row) = row {
+            revoke_session(&tx, row.try_get(0)?).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes one live session of `user_id`; `false` when it has no such live session.
+    pub async fn revoke_user_session(&self, user_id: Uuid, sid: Uuid) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let owned = tx
+            .query_opt(
+                "SELECT 1 FROM sessions WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+                 FOR UPDATE",
+                &[&sid, &user_id],
+            )
+            .await?
+            .is_some();
+        if owned {
+            revoke_session(&tx, sid).await?;
+        }
+        tx.commit().await?;
+        Ok(owned)
+    }
+
+    /// Revokes every session of a user (logout-all, admin action).
+    pub async fn revoke_all_sessions(&self, user_id: Uuid) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        revoke_user_sessions(&tx, user_id, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Live sessions of a user, newest first.
+    pub async fn list_sessions(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, created_at, last_used_at, user_agent, host(ip) AS ip FROM sessions
+                 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+                 ORDER BY created_at DESC",
+                &[&user_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SessionInfo {
+                    id: r.try_get("id")?,
+                    created_at: r.try_get("created_at")?,
+                    last_used_at: r.try_get("last_used_at")?,
+                    user_agent: r.try_get("user_agent")?,
+                    ip: r.try_get("ip")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The revocation status of a session: two primary-key lookups in one round trip.
+    pub async fn session_status(&self, sid: Uuid) -> Result<Option<SessionStatus>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT s.user_id, (s.revoked_at IS NOT NULL OR s.expires_at <= now()) AS revoked,
+                        u.is_active, u.role::text AS role
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+            )
+            .await?;
+        let row = client.query_opt(&stmt, &[&sid]).await?;
+        row.map(|r| {
+            let role: String = r.try_get("role")?;
+            Ok(SessionStatus {
+                user_id: r.try_get("user_id")?,
+                revoked: r.try_get("revoked")?,
+                user_active: r.try_get("is_active")?,
+                role: Role::parse(&role).ok_or_else(|| StoreError::Db(format!("role {role}")))?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Revokes one session and all its refresh tokens, and announces it.
+async fn revoke_session(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sid: Uuid,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        &[&sid],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE token_family = $1 AND revoked_at IS NULL",
+        &[&sid],
+    )
+    .await?;
+    notify(tx, &RevocationEvent::Session(sid)).await
+}
+
+/// Revokes every session of a user except `keep`, and announces it.
+pub(super) async fn revoke_user_sessions(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
+        &[&user_id, &keep],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE refresh_tokens SET revoked_at = now()
+         WHERE user_id = $1 AND revoked_at IS NULL AND token_family IS DISTINCT FROM $2",
+        &[&user_id, &keep],
+    )
+    .await?;
+    notify(tx, &RevocationEvent::User(user_id)).await
+}

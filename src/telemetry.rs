@@ -1,0 +1,124 @@
+//! Logging setup and the Prometheus metrics of API.md §5.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`). Idempotent.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// All metrics, registered in one registry served on /metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `portcullis_requests_total{route,status}`.
+    pub requests: IntCounterVec,
+    /// `portcullis_upstream_duration_seconds{upstream}`.
+    pub upstream_duration: HistogramVec,
+    /// `portcullis_auth_events_total{event}`.
+    pub auth_events: IntCounterVec,
+    /// `portcullis_access_denied_total{reason}`.
+    pub access_denied: IntCounterVec,
+    /// `portcullis_revocation_cache_total{result}`.
+    pub revocation_cache: IntCounterVec,
+    /// `portcullis_db_pool_connections{state}`.
+    pub db_pool: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("portcullis_requests_total", "Requests by route prefix and status"),
+            &["route", "status"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portcullis_upstream_duration_seconds",
+                "Time from sending to the upstream to the end of its response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                30.0,
+            ]),
+            &["upstream"],
+        )?;
+        let auth_events = IntCounterVec::new(
+            Opts::new("portcullis_auth_events_total", "Auth API events"),
+            &["event"],
+        )?;
+        let access_denied = IntCounterVec::new(
+            Opts::new("portcullis_access_denied_total", "Proxy requests denied, by reason"),
+            &["reason"],
+        )?;
+        let revocation_cache = IntCounterVec::new(
+            Opts::new("portcullis_revocation_cache_total", "Revocation cache lookups"),
+            &["result"],
+        )?;
+        let db_pool = IntGaugeVec::new(
+            Opts::new("portcullis_db_pool_connections", "Database pool connections"),
+            &["state"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(auth_events.clone()))?;
+        registry.register(Box::new(access_denied.clone()))?;
+        registry.register(Box::new(revocation_cache.clone()))?;
+        registry.register(Box::new(db_pool.clone()))?;
+        // Make the documented series visible from the first scrape.
+        for event in [
+            "login_ok",
+            "login_failed",
+            "refresh",
+            "refresh_reuse_detected",
+            "logout",
+            "register",
+            "rate_limited",
+        ] {
+            auth_events.with_label_values(&[event]);
+        }
+        for reason in ["missing_token", "invalid_token", "revoked", "insufficient_role", "unavailable"] {
+            access_denied.with_label_values(&[reason]);
+        }
+        for result in ["hit", "miss"] {
+            revocation_cache.with_label_values(&[result]);
+        }
+        Ok(Metrics {
+            registry,
+            requests,
+            upstream_duration,
+            auth_events,
+            access_denied,
+            revocation_cache,
+            db_pool,
+        })
+    }
+
+    /// Counts one auth event.
+    pub fn auth_event(&self, event: &str) {
+        self.auth_events.with_label_values(&[event]).inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
