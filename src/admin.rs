@@ -47,14 +47,17 @@ impl ServeHttp for AdminApp {
                 "application/json",
                 r#"{"error":"method_not_allowed","message":"use GET"}"#,
             );
-            r.headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
             return r;
         }
         match path.as_str() {
             "/healthz" => reply(200, "application/json", r#"{"status":"ok"}"#),
             "/readyz" => {
-                let ping = tokio::time::timeout(Duration::from_secs(2), self.shared.store.ping()).await;
+                let ping =
+                    tokio::time::timeout(Duration::from_secs(2), self.shared.store.ping()).await;
                 match ping {
                     Ok(Ok(())) => reply(200, "application/json", r#"{"status":"ready"}"#),
                     Ok(Err(e)) => {
@@ -75,8 +78,12 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 let usage = self.shared.store.pool_usage();
                 let m = &self.shared.metrics;
-                m.db_pool.with_label_values(&["idle"]).set(usage.idle as i64);
-                m.db_pool.with_label_values(&["in_use"]).set(usage.in_use as i64);
+                m.db_pool
+                    .with_label_values(&["idle"])
+                    .set(usage.idle as i64);
+                m.db_pool
+                    .with_label_values(&["in_use"])
+                    .set(usage.in_use as i64);
                 reply(200, "text/plain; version=0.0.4", m.render())
             }
             _ => reply(

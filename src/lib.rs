@@ -4,7 +4,10 @@
 //! upstream, or `proxy::auth_api` → `auth` (use-cases) → `store` (PostgreSQL). `tokens` is
 //! shared by `auth` (issues) and `access` (verifies). `config` imports nothing of ours.
 
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![deny(clippy::await_holding_lock)]
 #![warn(missing_docs)]
 
@@ -91,15 +94,28 @@ pub fn build_server(config: Config, config_path: &Path) -> Result<Server, BuildE
         config.revocation.cache_capacity,
         Duration::from_secs(config.revocation.cache_ttl_secs),
     ));
-    let authorizer = Authorizer::new(tokens.clone(), revocations.clone(), config.revocation.on_db_error);
+    let authorizer = Authorizer::new(
+        tokens.clone(),
+        revocations.clone(),
+        config.revocation.on_db_error,
+    );
     if config.revocation.on_db_error == config::OnDbError::Allow {
-        tracing::warn!("revocation.on_db_error = \"allow\": tokens are accepted when their status cannot be checked");
+        tracing::warn!(
+            "revocation.on_db_error = \"allow\": tokens are accepted when their status cannot be checked"
+        );
     }
     let metrics = telemetry::Metrics::new()?;
     let listen = config.server.listen.to_string();
     let admin_listen = config.server.admin_listen.to_string();
     let live = Live::build(Arc::new(config.clone()))?;
-    let shared = Arc::new(Shared::new(&config, live, auth, authorizer, metrics, store.clone()));
+    let shared = Arc::new(Shared::new(
+        &config,
+        live,
+        auth,
+        authorizer,
+        metrics,
+        store.clone(),
+    ));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -16,7 +16,12 @@ use portcullis::store::{self, Store};
 #[command(name = "portcullis", version, about = "Reverse-proxy auth gateway")]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PORTCULLIS_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PORTCULLIS_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -175,7 +180,12 @@ fn create_user(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
     ));
     match user {
         Ok(user) => {
-            println!("created {} user {} ({})", user.role.as_str(), user.email, user.id);
+            println!(
+                "created {} user {} ({})",
+                user.role.as_str(),
+                user.email,
+                user.id
+            );
             Ok(())
         }
         Err(AuthError::EmailTaken) => bail!("a user with email {email} already exists"),
@@ -186,8 +196,13 @@ fn create_user(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
 
 fn generate_key(config: &Config, algorithm: Option<Algorithm>) -> anyhow::Result<()> {
     let algorithm = algorithm.unwrap_or(config.tokens.algorithm);
-    let (kid, path) = portcullis::tokens::generate_key(Path::new(&config.tokens.keys_dir), algorithm)?;
-    println!("wrote {} key {kid} to {}", algorithm.as_str(), path.display());
+    let (kid, path) =
+        portcullis::tokens::generate_key(Path::new(&config.tokens.keys_dir), algorithm)?;
+    println!(
+        "wrote {} key {kid} to {}",
+        algorithm.as_str(),
+        path.display()
+    );
     if algorithm != config.tokens.algorithm {
         println!(
             "note: tokens.algorithm is {}; this key is only used after switching to {}",

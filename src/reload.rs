@@ -78,11 +78,18 @@ impl Reloader {
         };
         let old = self.shared.live.load_full();
         for key in restart_only_changes(&old.config, &config) {
-            tracing::warn!(key, "changed in the config file but only applies after a restart");
+            tracing::warn!(
+                key,
+                "changed in the config file but only applies after a restart"
+            );
         }
         match Live::build(Arc::new(config)) {
             Ok(live) => {
-                tracing::info!(routes = live.routes.len(), upstreams = live.upstreams.len(), "config reloaded");
+                tracing::info!(
+                    routes = live.routes.len(),
+                    upstreams = live.upstreams.len(),
+                    "config reloaded"
+                );
                 self.shared.live.store(Arc::new(live));
                 true
             }

@@ -43,7 +43,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("portcullis_requests_total", "Requests by route prefix and status"),
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by route prefix and status",
+            ),
             &["route", "status"],
         )?;
         let upstream_duration = HistogramVec::new(
@@ -52,8 +55,8 @@ impl Metrics {
                 "Time from sending to the upstream to the end of its response",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
             ]),
             &["upstream"],
         )?;
@@ -62,15 +65,24 @@ impl Metrics {
             &["event"],
         )?;
         let access_denied = IntCounterVec::new(
-            Opts::new("portcullis_access_denied_total", "Proxy requests denied, by reason"),
+            Opts::new(
+                "portcullis_access_denied_total",
+                "Proxy requests denied, by reason",
+            ),
             &["reason"],
         )?;
         let revocation_cache = IntCounterVec::new(
-            Opts::new("portcullis_revocation_cache_total", "Revocation cache lookups"),
+            Opts::new(
+                "portcullis_revocation_cache_total",
+                "Revocation cache lookups",
+            ),
             &["result"],
         )?;
         let db_pool = IntGaugeVec::new(
-            Opts::new("portcullis_db_pool_connections", "Database pool connections"),
+            Opts::new(
+                "portcullis_db_pool_connections",
+                "Database pool connections",
+            ),
             &["state"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -91,7 +103,13 @@ impl Metrics {
         ] {
             auth_events.with_label_values(&[event]);
         }
-        for reason in ["missing_token", "invalid_token", "revoked", "insufficient_role", "unavailable"] {
+        for reason in [
+            "missing_token",
+            "invalid_token",
+            "revoked",
+            "insufficient_role",
+            "unavailable",
+        ] {
             access_denied.with_label_values(&[reason]);
         }
         for result in ["hit", "miss"] {

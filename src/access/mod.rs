@@ -97,7 +97,11 @@ pub struct Authenticated {
 
 impl Authorizer {
     /// Builds the authorizer over the shared token service and revocation cache.
-    pub fn new(tokens: Arc<TokenService>, revocations: Arc<RevocationCache>, on_db_error: OnDbError) -> Self {
+    pub fn new(
+        tokens: Arc<TokenService>,
+        revocations: Arc<RevocationCache>,
+        on_db_error: OnDbError,
+    ) -> Self {
         Authorizer {
             tokens,
             revocations,
@@ -136,7 +140,10 @@ impl Authorizer {
                 }
                 OnDbError::Allow => {
                     tracing::warn!(error = %e, sid = %claims.sid, "revocation status unknown; allowing (on_db_error = allow)");
-                    Ok(Authenticated { claims, lookup: None })
+                    Ok(Authenticated {
+                        claims,
+                        lookup: None,
+                    })
                 }
             },
         }
@@ -188,6 +195,9 @@ mod tests {
         assert_eq!(b(&[]), Ok(None));
         assert_eq!(b(&["Basic dXNlcjpwdw=="]), Ok(None));
         assert_eq!(b(&["Bearer"]), Ok(None));
-        assert_eq!(b(&["Bearer a", "Bearer b"]), Err(Denial::AmbiguousAuthorization));
+        assert_eq!(
+            b(&["Bearer a", "Bearer b"]),
+            Err(Denial::AmbiguousAuthorization)
+        );
     }
 }

@@ -74,7 +74,11 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 // Copy one UTF-8 character (or byte run) verbatim.
                 let start = i;
                 i += 1;
-                while i < bytes.len() && !matches!(bytes[i], b'%' | b'\\') && bytes[i] >= 0x20 && bytes[i] != 0x7f {
+                while i < bytes.len()
+                    && !matches!(bytes[i], b'%' | b'\\')
+                    && bytes[i] >= 0x20
+                    && bytes[i] != 0x7f
+                {
                     i += 1;
                 }
                 decoded.push_str(&path[start..i]);

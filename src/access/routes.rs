@@ -65,7 +65,9 @@ pub struct Routes {
 /// The host of a `Host` header value: port removed, IPv6 brackets kept.
 pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1]);
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
@@ -139,9 +141,15 @@ mod tests {
         let routes = Routes::new(&[route("/api/", None, &[]), route("/api/admin/", None, &[])]);
         let found = routes.find(None, &Method::GET, "/api/admin/x").unwrap();
         assert_eq!(found.prefix, "/api/admin/");
-        assert_eq!(routes.find(None, &Method::GET, "/api/x").unwrap().prefix, "/api/");
+        assert_eq!(
+            routes.find(None, &Method::GET, "/api/x").unwrap().prefix,
+            "/api/"
+        );
         assert!(routes.find(None, &Method::GET, "/other").is_none());
-        assert!(routes.find(None, &Method::GET, "/API/x").is_none(), "case-sensitive");
+        assert!(
+            routes.find(None, &Method::GET, "/API/x").is_none(),
+            "case-sensitive"
+        );
     }
 
     #[test]
@@ -151,7 +159,9 @@ mod tests {
             route("/x/", Some("Api.Example.com"), &[]),
             route("/x/", None, &["POST"]),
         ]);
-        let by_host = routes.find(Some("api.example.COM:8080"), &Method::GET, "/x/1").unwrap();
+        let by_host = routes
+            .find(Some("api.example.COM:8080"), &Method::GET, "/x/1")
+            .unwrap();
         assert_eq!(by_host.host.as_deref(), Some("api.example.com"));
         let by_method = routes.find(Some("other"), &Method::POST, "/x/1").unwrap();
         assert_eq!(by_method.methods, vec![Method::POST]);

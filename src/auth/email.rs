@@ -33,7 +33,10 @@ mod tests {
 
     #[test]
     fn valid_emails_keep_their_form_and_collide_canonically() {
-        assert_eq!(parse("  Bob@X.io ").unwrap(), ("Bob@X.io".into(), "bob@x.io".into()));
+        assert_eq!(
+            parse("  Bob@X.io ").unwrap(),
+            ("Bob@X.io".into(), "bob@x.io".into())
+        );
         assert_eq!(parse("bob@x.IO").unwrap().1, "bob@x.io");
         assert_eq!(parse("Ünïcödé@exämple.de").unwrap().1, "ünïcödé@exämple.de");
         // NFKC folds compatibility forms (fullwidth letters).
@@ -42,7 +45,16 @@ mod tests {
 
     #[test]
     fn invalid_emails_are_rejected() {
-        for bad in ["", "nobody", "a@b@c", "@x.io", "bob@", "bo b@x.io", "bob@x\u{0}.io", "a\tb@x.io"] {
+        for bad in [
+            "",
+            "nobody",
+            "a@b@c",
+            "@x.io",
+            "bob@",
+            "bo b@x.io",
+            "bob@x\u{0}.io",
+            "a\tb@x.io",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
         let long = format!("{}@x.io", "a".repeat(250));

@@ -72,8 +72,14 @@ mod tests {
             assert!(l.check(Kind::Login, ip, 3, t).is_ok());
         }
         assert_eq!(l.check(Kind::Login, ip, 3, t), Err(45));
-        assert!(l.check(Kind::Register, ip, 3, t).is_ok(), "kinds are separate");
-        assert!(l.check(Kind::Login, "10.0.0.2".parse().unwrap(), 3, t).is_ok());
+        assert!(
+            l.check(Kind::Register, ip, 3, t).is_ok(),
+            "kinds are separate"
+        );
+        assert!(
+            l.check(Kind::Login, "10.0.0.2".parse().unwrap(), 3, t)
+                .is_ok()
+        );
         assert!(l.check(Kind::Login, ip, 3, t + 45).is_ok(), "new window");
         assert!(l.check(Kind::Login, ip, 0, t).is_ok(), "0 disables");
     }

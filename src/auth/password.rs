@@ -90,9 +90,15 @@ impl Hasher {
         let hash = stored.unwrap_or_else(|| self.dummy.to_string());
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
-                return Verified { ok: false, needs_rehash: false };
+                return Verified {
+                    ok: false,
+                    needs_rehash: false,
+                };
             };
-            let ok = known && argon(&params).verify_password(password.as_bytes(), &parsed).is_ok();
+            let ok = known
+                && argon(&params)
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok();
             if !known {
                 // Same work as a real check, result ignored.
                 let _ = argon(&params).verify_password(password.as_bytes(), &parsed);
@@ -145,8 +151,17 @@ mod tests {
         let h = Hasher::new(&small()).unwrap();
         let hash = h.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
-        let good = h.verify("correct horse".into(), Some(hash.clone())).await.unwrap();
-        assert_eq!(good, Verified { ok: true, needs_rehash: false });
+        let good = h
+            .verify("correct horse".into(), Some(hash.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            good,
+            Verified {
+                ok: true,
+                needs_rehash: false
+            }
+        );
         let bad = h.verify("wrong".into(), Some(hash)).await.unwrap();
         assert!(!bad.ok);
         assert!(!h.verify("correct horse".into(), None).await.unwrap().ok);
@@ -156,9 +171,21 @@ mod tests {
     async fn the_defaults_are_the_owasp_baseline_and_old_hashes_get_rehashed() {
         let defaults = Hasher::new(&Passwords::default()).unwrap();
         let hash = defaults.hash("pw-with-defaults".into()).await.unwrap();
-        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
         let small = Hasher::new(&small()).unwrap();
-        let v = small.verify("pw-with-defaults".into(), Some(hash)).await.unwrap();
-        assert_eq!(v, Verified { ok: true, needs_rehash: true });
+        let v = small
+            .verify("pw-with-defaults".into(), Some(hash))
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            Verified {
+                ok: true,
+                needs_rehash: true
+            }
+        );
     }
 }

@@ -16,7 +16,9 @@ use super::password::Hasher;
 use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
 use crate::model::{Role, SessionInfo, User};
-use crate::store::{AdminUpdate, AdminUpdateOutcome, NewSession, RefreshOutcome, Store, StoreError, Successor};
+use crate::store::{
+    AdminUpdate, AdminUpdateOutcome, NewSession, RefreshOutcome, Store, StoreError, Successor,
+};
 use crate::tokens::{Claims, TokenService, now_secs};
 
 /// Who is calling, as far as the limits and the session list care.
@@ -153,7 +155,11 @@ impl AuthService {
         password: String,
         client: &ClientInfo,
     ) -> Result<User, AuthError> {
-        self.limit_ip(Kind::Register, client, self.limits.register_per_minute_per_ip)?;
+        self.limit_ip(
+            Kind::Register,
+            client,
+            self.limits.register_per_minute_per_ip,
+        )?;
         self.create_user(raw_email, password, Role::User).await
     }
 
@@ -164,7 +170,15 @@ impl AuthService {
         password: String,
         role: Role,
     ) -> Result<User, AuthError> {
-        create_account(&self.store, &self.hasher, &self.passwords, raw_email, password, role).await
+        create_account(
+            &self.store,
+            &self.hasher,
+            &self.passwords,
+            raw_email,
+            password,
+            role,
+        )
+        .await
     }
 
     /// Checks credentials and opens a session. Unknown email and wrong password give the same
@@ -198,7 +212,11 @@ impl AuthService {
         }
         if verified.needs_rehash {
             match self.hasher.hash(password).await {
-                Ok(new_hash) => self.store.set_password_hash(stored.user.id, &new_hash).await?,
+                Ok(new_hash) => {
+                    self.store
+                        .set_password_hash(stored.user.id, &new_hash)
+                        .await?
+                }
                 Err(e) => tracing::warn!(error = %e, "re-hash failed; keeping the old hash"),
             }
         }
@@ -206,7 +224,11 @@ impl AuthService {
     }
 
     /// Opens a new session (token family) for an authenticated user.
-    pub async fn open_session(&self, user: User, client: &ClientInfo) -> Result<TokenPair, AuthError> {
+    pub async fn open_session(
+        &self,
+        user: User,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
         let refresh_token = B64.encode(rand::random::<[u8; 32]>());
         let secret: [u8; 32] = rand::random();
         let expires_at = Utc::now() + chrono::Duration::seconds(self.refresh_ttl_secs as i64);
@@ -249,9 +271,11 @@ impl AuthService {
     pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshResult, AuthError> {
         let outcome = self
             .store
-            .refresh(&refresh_token_hash(refresh_token), self.grace_secs, |secret| {
-                successor_of(secret, refresh_token)
-            })
+            .refresh(
+                &refresh_token_hash(refresh_token),
+                self.grace_secs,
+                |secret| successor_of(secret, refresh_token),
+            )
             .await?;
         Ok(match outcome {
             RefreshOutcome::Rotated {
@@ -259,7 +283,9 @@ impl AuthService {
                 session_id,
                 successor,
                 expires_at,
-            } => RefreshResult::Ok(Box::new(self.pair(user, session_id, successor, expires_at)?)),
+            } => RefreshResult::Ok(Box::new(
+                self.pair(user, session_id, successor, expires_at)?,
+            )),
             RefreshOutcome::Invalid => RefreshResult::Invalid,
             RefreshOutcome::Reused => RefreshResult::ReuseDetected,
         })
@@ -337,7 +363,10 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
         let hash = self.hasher.hash(new).await?;
-        Ok(self.store.change_password(caller.sub, &hash, caller.sid).await?)
+        Ok(self
+            .store
+            .change_password(caller.sub, &hash, caller.sid)
+            .await?)
     }
 
     fn require_admin(caller: &Claims) -> Result<(), AuthError> {
@@ -362,7 +391,9 @@ impl AuthService {
                 .parse::<i64>()
                 .ok()
                 .filter(|n| (1..=200).contains(n))
-                .ok_or_else(|| AuthError::InvalidRequest("limit must be an integer from 1 to 200".into()))?,
+                .ok_or_else(|| {
+                    AuthError::InvalidRequest("limit must be an integer from 1 to 200".into())
+                })?,
         };
         let after = cursor.map(decode_cursor).transpose()?;
         let mut users = self.store.list_users(limit + 1, after).await?;
@@ -437,7 +468,10 @@ pub async fn create_account(
         email::parse(raw_email).map_err(|m| AuthError::InvalidRequest(m.to_string()))?;
     check_password_bounds(passwords, &password, "password")?;
     let hash = hasher.hash(password).await?;
-    match store.create_user(&email, &canonical, Some(&hash), role).await {
+    match store
+        .create_user(&email, &canonical, Some(&hash), role)
+        .await
+    {
         Ok(user) => Ok(user),
         Err(StoreError::Unique(_)) => Err(AuthError::EmailTaken),
         Err(e) => Err(e.into()),
@@ -464,7 +498,9 @@ fn decode_cursor(cursor: &str) -> Result<(DateTime<Utc>, Uuid), AuthError> {
     let text = String::from_utf8(B64.decode(cursor).map_err(|_| bad())?).map_err(|_| bad())?;
     let (at, id) = text.split_once('|').ok_or_else(bad)?;
     Ok((
-        DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc),
+        DateTime::parse_from_rfc3339(at)
+            .map_err(|_| bad())?
+            .with_timezone(&Utc),
         Uuid::parse_str(id).map_err(|_| bad())?,
     ))
 }

@@ -65,7 +65,10 @@ fn a_wrong_type_names_the_key() {
 
 #[test]
 fn a_negative_ttl_is_an_error() {
-    let p = problems(&shipped_with("access_ttl_secs = 900", "access_ttl_secs = -5"));
+    let p = problems(&shipped_with(
+        "access_ttl_secs = 900",
+        "access_ttl_secs = -5",
+    ));
     assert_eq!(p[0].key, "tokens.access_ttl_secs");
 }
 
@@ -127,13 +130,19 @@ fn a_bad_upstream_address_is_an_error() {
 
 #[test]
 fn an_unknown_algorithm_is_an_error() {
-    let p = problems(&shipped_with("algorithm = \"EdDSA\"", "algorithm = \"none\""));
+    let p = problems(&shipped_with(
+        "algorithm = \"EdDSA\"",
+        "algorithm = \"none\"",
+    ));
     assert_eq!(p[0].key, "tokens.algorithm");
 }
 
 #[test]
 fn hs256_without_a_secret_env_is_an_error() {
-    let p = problems(&shipped_with("algorithm = \"EdDSA\"", "algorithm = \"HS256\""));
+    let p = problems(&shipped_with(
+        "algorithm = \"EdDSA\"",
+        "algorithm = \"HS256\"",
+    ));
     assert_eq!(p[0].key, "tokens.algorithm");
 }
 
@@ -169,7 +178,8 @@ fn a_non_postgres_database_url_is_an_error() {
 
 #[test]
 fn several_problems_are_all_reported() {
-    let text = shipped_with("threads = 2 ", "threads = 0 ").replace("pool_size = 16", "pool_size = 0");
+    let text =
+        shipped_with("threads = 2 ", "threads = 0 ").replace("pool_size = 16", "pool_size = 0");
     let p = problems(&text);
     assert_eq!(p.len(), 2, "{p:?}");
 }

@@ -189,8 +189,18 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     }
 
     let p = &config.passwords;
-    r.at_least("passwords", "argon2_iterations", p.argon2_iterations.into(), 1);
-    r.at_least("passwords", "argon2_parallelism", p.argon2_parallelism.into(), 1);
+    r.at_least(
+        "passwords",
+        "argon2_iterations",
+        p.argon2_iterations.into(),
+        1,
+    );
+    r.at_least(
+        "passwords",
+        "argon2_parallelism",
+        p.argon2_parallelism.into(),
+        1,
+    );
     r.at_least(
         "passwords",
         "argon2_memory_kib",
@@ -242,7 +252,10 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         if u.name.trim().is_empty() {
             r.add(&at("name"), "must not be empty");
         } else if !names.insert(u.name.as_str()) {
-            r.add(&at("name"), format!("upstream {:?} is defined twice", u.name));
+            r.add(
+                &at("name"),
+                format!("upstream {:?} is defined twice", u.name),
+            );
         }
         if u.addrs.is_empty() {
             r.add(&at("addrs"), "needs at least one address");
@@ -304,7 +317,10 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
             }
         }
         if route.auth == AuthMode::None && !route.roles.is_empty() {
-            r.add(&at("roles"), "has no effect on a route with auth = \"none\"");
+            r.add(
+                &at("roles"),
+                "has no effect on a route with auth = \"none\"",
+            );
         }
         for m in &route.methods {
             if !METHODS.contains(&m.as_str()) {
@@ -325,7 +341,9 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         if !routes.insert((prefix.to_string(), host, methods)) {
             r.add(
                 &at("prefix"),
-                format!("duplicate route {prefix:?} (same prefix, host and methods as an earlier route)"),
+                format!(
+                    "duplicate route {prefix:?} (same prefix, host and methods as an earlier route)"
+                ),
             );
         }
     }
@@ -333,13 +351,24 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     let mut providers = HashSet::new();
     for (i, o) in config.oidc.iter().enumerate() {
         let at = |k| [Seg::Key("oidc"), Seg::Index(i), Seg::Key(k)];
-        if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if o.name.is_empty()
+            || !o
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             r.add(&at("name"), "must be letters, digits, '-' or '_'");
         } else if !providers.insert(o.name.as_str()) {
-            r.add(&at("name"), format!("provider {:?} is defined twice", o.name));
+            r.add(
+                &at("name"),
+                format!("provider {:?} is defined twice", o.name),
+            );
         }
         if !secure_or_loopback(&o.issuer) {
-            r.add(&at("issuer"), "must be an https:// URL (http only for loopback hosts)");
+            r.add(
+                &at("issuer"),
+                "must be an https:// URL (http only for loopback hosts)",
+            );
         }
         if !(o.redirect_uri.starts_with("https://") || o.redirect_uri.starts_with("http://")) {
             r.add(&at("redirect_uri"), "must be an absolute http(s) URL");

@@ -134,10 +134,7 @@ async fn dispatch(
     let endpoint = Endpoint::parse(path)
         .ok_or_else(|| ApiError::new(404, "not_found", "no such /auth endpoint"))?;
     let method = session.req_header().method.as_str().to_string();
-    let allowed = endpoint
-        .allow()
-        .split(", ")
-        .any(|m| m == method);
+    let allowed = endpoint.allow().split(", ").any(|m| m == method);
     if !allowed {
         return Err(ApiError::method_not_allowed(endpoint.allow()));
     }
@@ -158,7 +155,14 @@ async fn dispatch(
             let body: Credentials = read_json(session).await?;
             let user = auth.register(&body.email, body.password, &client).await?;
             shared.metrics.auth_event("register");
-            Ok(respond::json(session, 201, &serde_json::json!({ "user": user }), true, &rid).await)
+            Ok(respond::json(
+                session,
+                201,
+                &serde_json::json!({ "user": user }),
+                true,
+                &rid,
+            )
+            .await)
         }
         Endpoint::Login => {
             let body: Credentials = read_json(session).await?;
@@ -168,7 +172,10 @@ async fn dispatch(
                     Ok(respond::json(session, 200, &pair, true, &rid).await)
                 }
                 Err(e) => {
-                    if matches!(e, AuthError::InvalidCredentials | AuthError::AccountDisabled) {
+                    if matches!(
+                        e,
+                        AuthError::InvalidCredentials | AuthError::AccountDisabled
+                    ) {
                         shared.metrics.auth_event("login_failed");
                     }
                     Err(e.into())
@@ -204,12 +211,26 @@ async fn dispatch(
         Endpoint::Me => {
             let caller = caller(shared, session).await?;
             let user = auth.me(&caller).await?;
-            Ok(respond::json(session, 200, &serde_json::json!({ "user": user }), true, &rid).await)
+            Ok(respond::json(
+                session,
+                200,
+                &serde_json::json!({ "user": user }),
+                true,
+                &rid,
+            )
+            .await)
         }
         Endpoint::Sessions => {
             let caller = caller(shared, session).await?;
             let sessions = auth.sessions(&caller).await?;
-            Ok(respond::json(session, 200, &serde_json::json!({ "sessions": sessions }), true, &rid).await)
+            Ok(respond::json(
+                session,
+                200,
+                &serde_json::json!({ "sessions": sessions }),
+                true,
+                &rid,
+            )
+            .await)
         }
         Endpoint::Session(sid) => {
             let caller = caller(shared, session).await?;
@@ -225,7 +246,12 @@ async fn dispatch(
         }
         Endpoint::AdminUsers => {
             let caller = caller(shared, session).await?;
-            let query = session.req_header().uri.query().unwrap_or_default().to_string();
+            let query = session
+                .req_header()
+                .uri
+                .query()
+                .unwrap_or_default()
+                .to_string();
             let mut limit = None;
             let mut cursor = None;
             for (k, v) in form_urlencoded::parse(query.as_bytes()) {
@@ -256,7 +282,14 @@ async fn dispatch(
                     },
                 )
                 .await?;
-            Ok(respond::json(session, 200, &serde_json::json!({ "user": user }), true, &rid).await)
+            Ok(respond::json(
+                session,
+                200,
+                &serde_json::json!({ "user": user }),
+                true,
+                &rid,
+            )
+            .await)
         }
         Endpoint::AdminUserSessions(id) => {
             let caller = caller(shared, session).await?;
@@ -269,7 +302,12 @@ async fn dispatch(
 /// Authenticates the Bearer caller of an /auth endpoint (full verification + revocation).
 async fn caller(shared: &Shared, session: &Session) -> Result<std::sync::Arc<Claims>, ApiError> {
     let headers = &session.req_header().headers;
-    let token = bearer(headers.get_all("authorization").iter().map(|v| v.as_bytes()))?;
+    let token = bearer(
+        headers
+            .get_all("authorization")
+            .iter()
+            .map(|v| v.as_bytes()),
+    )?;
     let Some(token) = token else {
         return Err(Denial::MissingToken.into());
     };
@@ -348,21 +386,30 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field() {
-        let e = parse_json::<Credentials>(br#"{"email": 5, "password": "x"}"#).err().unwrap();
+        let e = parse_json::<Credentials>(br#"{"email": 5, "password": "x"}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.status, 400);
         assert!(e.message.contains("`email`"), "{}", e.message);
-        let e = parse_json::<Credentials>(br#"{"email": "a@b.c"}"#).err().unwrap();
+        let e = parse_json::<Credentials>(br#"{"email": "a@b.c"}"#)
+            .err()
+            .unwrap();
         assert!(e.message.contains("password"), "{}", e.message);
         let e = parse_json::<Credentials>(b"{not json").err().unwrap();
         assert!(e.message.starts_with("invalid JSON body"), "{}", e.message);
         assert!(parse_json::<Credentials>(br#"{"email":"a","password":"b"} x"#).is_err());
-        let e = parse_json::<PatchUser>(br#"{"role":"root"}"#).err().unwrap();
+        let e = parse_json::<PatchUser>(br#"{"role":"root"}"#)
+            .err()
+            .unwrap();
         assert!(e.message.contains("`role`"), "{}", e.message);
     }
 
     #[test]
     fn endpoints_parse_and_unknown_paths_do_not() {
-        assert!(matches!(Endpoint::parse("/auth/login"), Some(Endpoint::Login)));
+        assert!(matches!(
+            Endpoint::parse("/auth/login"),
+            Some(Endpoint::Login)
+        ));
         assert!(matches!(
             Endpoint::parse("/auth/admin/users/7f1c7c1e-8c44-4e59-9a53-0b1a5f1d2e3f/sessions"),
             Some(Endpoint::AdminUserSessions(_))

@@ -163,7 +163,9 @@ pub fn check_framing(req: &RequestHeader) -> std::result::Result<(), ApiError> {
     let h = &req.headers;
     let content_lengths = h.get_all("content-length").iter().count();
     if content_lengths > 1 {
-        return Err(ApiError::bad_request("the request has more than one Content-Length"));
+        return Err(ApiError::bad_request(
+            "the request has more than one Content-Length",
+        ));
     }
     if content_lengths == 1 && h.contains_key("transfer-encoding") {
         return Err(ApiError::bad_request(
@@ -173,7 +175,9 @@ pub fn check_framing(req: &RequestHeader) -> std::result::Result<(), ApiError> {
     match h.get_all("host").iter().count() {
         0 => Err(ApiError::bad_request("the request has no Host header")),
         1 => Ok(()),
-        _ => Err(ApiError::bad_request("the request has more than one Host header")),
+        _ => Err(ApiError::bad_request(
+            "the request has more than one Host header",
+        )),
     }
 }
 
@@ -182,11 +186,7 @@ pub fn request_id(req: &RequestHeader) -> String {
     req.headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_graphic())
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
@@ -204,7 +204,12 @@ mod tests {
     #[test]
     fn identity_headers_match_in_any_case_and_with_underscores() {
         let f = forwarding(&[]);
-        for n in ["X-Auth-User-Id", "x_auth_user_id", "X_AUTH_ROLE", "x-auth-anything"] {
+        for n in [
+            "X-Auth-User-Id",
+            "x_auth_user_id",
+            "X_AUTH_ROLE",
+            "x-auth-anything",
+        ] {
             assert!(f.is_identity_header(n), "{n}");
         }
         assert!(!f.is_identity_header("x-authority"));
@@ -215,25 +220,35 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let f = forwarding(&["10.0.0.0/8"]);
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("X-Forwarded-For", "203.0.113.9, 10.1.1.1").unwrap();
+        req.insert_header("X-Forwarded-For", "203.0.113.9, 10.1.1.1")
+            .unwrap();
         let trusted_peer: IpAddr = "10.0.0.2".parse().unwrap();
         let stranger: IpAddr = "198.51.100.7".parse().unwrap();
-        assert_eq!(f.client_ip(Some(trusted_peer), &req), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(
+            f.client_ip(Some(trusted_peer), &req),
+            Some("203.0.113.9".parse().unwrap())
+        );
         assert_eq!(f.client_ip(Some(stranger), &req), Some(stranger));
 
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(stranger), false).unwrap();
+        f.rewrite(&mut up, None, "rid", Some(stranger), false)
+            .unwrap();
         assert_eq!(up.headers["x-forwarded-for"], "198.51.100.7");
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false).unwrap();
-        assert_eq!(up.headers["x-forwarded-for"], "203.0.113.9, 10.1.1.1, 10.0.0.2");
+        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false)
+            .unwrap();
+        assert_eq!(
+            up.headers["x-forwarded-for"],
+            "203.0.113.9, 10.1.1.1, 10.0.0.2"
+        );
     }
 
     #[test]
     fn connection_cannot_drop_identity_and_authorization_is_dropped() {
         let f = forwarding(&[]);
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("Connection", "X-Auth-User-Id, x-keep-me, close").unwrap();
+        req.insert_header("Connection", "X-Auth-User-Id, x-keep-me, close")
+            .unwrap();
         req.insert_header("X-Keep-Me", "1").unwrap();
         req.insert_header("X_Auth_User_Id", "spoofed").unwrap();
         req.insert_header("Authorization", "Bearer t").unwrap();
@@ -249,12 +264,19 @@ mod tests {
             exp: 0,
             email: "e@x.io".into(),
         };
-        f.rewrite(&mut req, Some(&claims), "rid", None, false).unwrap();
-        assert_eq!(req.headers["x-auth-user-id"], claims.sub.to_string().as_str());
+        f.rewrite(&mut req, Some(&claims), "rid", None, false)
+            .unwrap();
+        assert_eq!(
+            req.headers["x-auth-user-id"],
+            claims.sub.to_string().as_str()
+        );
         assert_eq!(req.headers.get_all("x-auth-user-id").iter().count(), 1);
         assert!(!req.headers.contains_key("x_auth_user_id"));
         assert!(!req.headers.contains_key("authorization"));
-        assert!(!req.headers.contains_key("x-keep-me"), "hop-by-hop header named in Connection");
+        assert!(
+            !req.headers.contains_key("x-keep-me"),
+            "hop-by-hop header named in Connection"
+        );
         assert!(!req.headers.contains_key("connection"));
         assert_eq!(req.headers["x-request-id"], "rid");
     }

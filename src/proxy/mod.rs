@@ -168,8 +168,12 @@ impl Gateway {
             return Decision::Reject(ApiError::not_found());
         };
         ctx.route_label = route.prefix.clone();
-        let token = match bearer(req.headers.get_all("authorization").iter().map(|v| v.as_bytes()))
-        {
+        let token = match bearer(
+            req.headers
+                .get_all("authorization")
+                .iter()
+                .map(|v| v.as_bytes()),
+        ) {
             Ok(t) => t,
             Err(d) => return Decision::Reject(d.into()),
         };
@@ -181,7 +185,11 @@ impl Gateway {
                             crate::access::Lookup::Hit => "hit",
                             crate::access::Lookup::Miss => "miss",
                         };
-                        shared.metrics.revocation_cache.with_label_values(&[label]).inc();
+                        shared
+                            .metrics
+                            .revocation_cache
+                            .with_label_values(&[label])
+                            .inc();
                     }
                     ctx.identity = Some(auth.claims);
                 }
@@ -202,7 +210,9 @@ impl Gateway {
         };
         match http::Uri::builder().path_and_query(path_and_query).build() {
             Ok(uri) => ctx.upstream_uri = Some(uri),
-            Err(_) => return Decision::Reject(ApiError::bad_request("the request target is invalid")),
+            Err(_) => {
+                return Decision::Reject(ApiError::bad_request("the request target is invalid"));
+            }
         }
         ctx.pool = live.upstreams.get(&route.upstream).cloned();
         ctx.route = Some(Arc::new(route.clone()));
@@ -287,7 +297,11 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let err = match e.etype() {
-            HTTPStatus(502) => Some(ApiError::new(502, "bad_gateway", "the upstream is unavailable")),
+            HTTPStatus(502) => Some(ApiError::new(
+                502,
+                "bad_gateway",
+                "the upstream is unavailable",
+            )),
             HTTPStatus(code) if *code >= 400 && *code < 500 => {
                 Some(ApiError::bad_request("the request is malformed"))
             }

@@ -60,14 +60,22 @@ impl ApiError {
 
     /// 503 `unavailable` with `Retry-After`.
     pub fn unavailable() -> Self {
-        Self::new(503, "unavailable", "the service is temporarily unavailable; retry shortly")
-            .with("Retry-After", RETRY_AFTER_UNAVAILABLE)
+        Self::new(
+            503,
+            "unavailable",
+            "the service is temporarily unavailable; retry shortly",
+        )
+        .with("Retry-After", RETRY_AFTER_UNAVAILABLE)
     }
 
     /// 405 with the allowed methods.
     pub fn method_not_allowed(allow: &str) -> Self {
-        Self::new(405, "method_not_allowed", format!("this endpoint allows {allow}"))
-            .with("Allow", allow)
+        Self::new(
+            405,
+            "method_not_allowed",
+            format!("this endpoint allows {allow}"),
+        )
+        .with("Allow", allow)
     }
 }
 
@@ -159,7 +167,12 @@ pub async fn json<T: Serialize>(
         }
         Err(e) => {
             tracing::error!(error = %e, "response serialization failed");
-            error(session, &ApiError::new(500, "internal", "internal error"), request_id).await
+            error(
+                session,
+                &ApiError::new(500, "internal", "internal error"),
+                request_id,
+            )
+            .await
         }
     }
 }
@@ -195,7 +208,9 @@ async fn write(
         let empty = body.is_empty();
         session.write_response_header(Box::new(resp), empty).await?;
         if !empty {
-            session.write_response_body(Some(Bytes::from(body)), true).await?;
+            session
+                .write_response_body(Some(Bytes::from(body)), true)
+                .await?;
         }
         Ok(())
     }

@@ -35,18 +35,21 @@ pub struct UpstreamPool {
 
 impl std::fmt::Debug for UpstreamPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamPool").field("name", &self.name).finish()
+        f.debug_struct("UpstreamPool")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 impl UpstreamPool {
     /// Resolves the addresses and sets up the health check.
     pub fn new(cfg: &Upstream) -> Result<UpstreamPool, UpstreamError> {
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.addrs.iter().map(String::as_str))
-            .map_err(|e| UpstreamError {
-                name: cfg.name.clone(),
-                reason: format!("cannot resolve addresses: {e}"),
-            })?;
+        let mut lb =
+            LoadBalancer::<RoundRobin>::try_from_iter(cfg.addrs.iter().map(String::as_str))
+                .map_err(|e| UpstreamError {
+                    name: cfg.name.clone(),
+                    reason: format!("cannot resolve addresses: {e}"),
+                })?;
         let health_interval = match &cfg.health_check_path {
             Some(path) => {
                 let mut hc = HttpHealthCheck::new("localhost", false);

@@ -89,7 +89,8 @@ impl Store {
     /// Builds the pool without connecting: connections are opened lazily on the runtime that
     /// first uses them (Pingora owns its runtimes).
     pub fn new(url: &str, pool_size: usize) -> Result<Store, StoreError> {
-        let pg = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        let pg =
+            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
         let manager = Manager::from_config(
             pg,
             NoTls,

@@ -98,8 +98,8 @@ impl KeySet {
         let mut signer = None;
         for (kid, path) in &files {
             let pem_text = std::fs::read(path).map_err(io_err(path))?;
-            let (encoding, decoding, jwk) = parse_key(cfg.algorithm, kid, &pem_text)
-                .map_err(|reason| KeyError::BadKey {
+            let (encoding, decoding, jwk) =
+                parse_key(cfg.algorithm, kid, &pem_text).map_err(|reason| KeyError::BadKey {
                     path: path.display().to_string(),
                     alg: cfg.algorithm.as_str(),
                     reason,
@@ -108,8 +108,8 @@ impl KeySet {
             jwks.push(jwk);
             signer = Some((kid.clone(), encoding)); // files are sorted: the last is newest
         }
-        let (signing_kid, signing_key) = signer
-            .ok_or_else(|| KeyError::NoKey(cfg.algorithm.as_str(), cfg.keys_dir.clone()))?;
+        let (signing_kid, signing_key) =
+            signer.ok_or_else(|| KeyError::NoKey(cfg.algorithm.as_str(), cfg.keys_dir.clone()))?;
         Ok(KeySet {
             algorithm: cfg.algorithm,
             signing_kid,

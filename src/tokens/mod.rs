@@ -193,12 +193,17 @@ impl TokenService {
         if header.alg != jwt_algorithm(keys.algorithm) {
             return Err(VerifyError::Algorithm);
         }
-        if header.jwk.is_some() || header.jku.is_some() || header.x5u.is_some() || header.x5c.is_some()
+        if header.jwk.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
         {
             return Err(VerifyError::EmbeddedKey);
         }
         match header.typ.as_deref() {
-            Some(t) if t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt") => {}
+            Some(t)
+                if t.eq_ignore_ascii_case("at+jwt")
+                    || t.eq_ignore_ascii_case("application/at+jwt") => {}
             _ => return Err(VerifyError::Type),
         }
         let key = header

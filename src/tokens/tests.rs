@@ -46,7 +46,10 @@ fn every_algorithm_issues_tokens_that_verify() {
         let token = svc.issue(&u, sid).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(header.kid.as_deref(), Some(svc.keys.load().signing_kid.as_str()));
+        assert_eq!(
+            header.kid.as_deref(),
+            Some(svc.keys.load().signing_kid.as_str())
+        );
         let claims = svc.verify(&token).unwrap();
         assert_eq!(claims.sub, u.id);
         assert_eq!(claims.sid, sid);
@@ -57,7 +60,9 @@ fn every_algorithm_issues_tokens_that_verify() {
 #[test]
 fn alg_none_and_a_foreign_algorithm_are_rejected() {
     let (svc, _dir) = service(Algorithm::EdDSA);
-    let claims = svc.verify(&svc.issue(&user(), Uuid::new_v4()).unwrap()).unwrap();
+    let claims = svc
+        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .unwrap();
     let c = B64.encode(serde_json::to_string(&*claims).unwrap());
     for alg in ["none", "None", "NONE"] {
         let h = B64.encode(format!(r#"{{"alg":"{alg}","typ":"at+jwt","kid":"x"}}"#));
@@ -75,11 +80,21 @@ fn alg_none_and_a_foreign_algorithm_are_rejected() {
 #[test]
 fn unknown_kids_and_embedded_keys_are_rejected() {
     let (svc, _dir) = service(Algorithm::EdDSA);
-    let claims = svc.verify(&svc.issue(&user(), Uuid::new_v4()).unwrap()).unwrap();
+    let claims = svc
+        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .unwrap();
     let kid = svc.keys.load().signing_kid.clone();
-    let t = forge(&svc, serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":"nope"}), &claims);
+    let t = forge(
+        &svc,
+        serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":"nope"}),
+        &claims,
+    );
     assert_eq!(svc.verify(&t), Err(VerifyError::UnknownKey));
-    let t = forge(&svc, serde_json::json!({"alg":"EdDSA","typ":"at+jwt"}), &claims);
+    let t = forge(
+        &svc,
+        serde_json::json!({"alg":"EdDSA","typ":"at+jwt"}),
+        &claims,
+    );
     assert_eq!(svc.verify(&t), Err(VerifyError::UnknownKey));
     let t = forge(
         &svc,
@@ -87,9 +102,17 @@ fn unknown_kids_and_embedded_keys_are_rejected() {
         &claims,
     );
     assert_eq!(svc.verify(&t), Err(VerifyError::EmbeddedKey));
-    let t = forge(&svc, serde_json::json!({"alg":"EdDSA","typ":"JWT","kid":kid}), &claims);
+    let t = forge(
+        &svc,
+        serde_json::json!({"alg":"EdDSA","typ":"JWT","kid":kid}),
+        &claims,
+    );
     assert_eq!(svc.verify(&t), Err(VerifyError::Type));
-    let ok = forge(&svc, serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid}), &claims);
+    let ok = forge(
+        &svc,
+        serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid}),
+        &claims,
+    );
     assert!(svc.verify(&ok).is_ok());
 }
 
@@ -98,20 +121,56 @@ fn time_claims_are_checked_with_the_leeway() {
     let (svc, _dir) = service(Algorithm::EdDSA);
     let kid = svc.keys.load().signing_kid.clone();
     let header = serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid});
-    let base = (*svc.verify(&svc.issue(&user(), Uuid::new_v4()).unwrap()).unwrap()).clone();
+    let base = (*svc
+        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .unwrap())
+    .clone();
     let now = now_secs();
-    let expired = Claims { exp: now - 31, ..base.clone() };
-    assert_eq!(svc.verify(&forge(&svc, header.clone(), &expired)), Err(VerifyError::Expired));
-    let within = Claims { exp: now - 10, ..base.clone() };
+    let expired = Claims {
+        exp: now - 31,
+        ..base.clone()
+    };
+    assert_eq!(
+        svc.verify(&forge(&svc, header.clone(), &expired)),
+        Err(VerifyError::Expired)
+    );
+    let within = Claims {
+        exp: now - 10,
+        ..base.clone()
+    };
     assert!(svc.verify(&forge(&svc, header.clone(), &within)).is_ok());
-    let future_nbf = Claims { nbf: now + 60, ..base.clone() };
-    assert_eq!(svc.verify(&forge(&svc, header.clone(), &future_nbf)), Err(VerifyError::NotYetValid));
-    let future_iat = Claims { iat: now + 60, ..base.clone() };
-    assert_eq!(svc.verify(&forge(&svc, header.clone(), &future_iat)), Err(VerifyError::NotYetValid));
-    let wrong_aud = Claims { aud: "other".into(), ..base.clone() };
-    assert_eq!(svc.verify(&forge(&svc, header.clone(), &wrong_aud)), Err(VerifyError::Audience));
-    let wrong_iss = Claims { iss: "other".into(), ..base };
-    assert_eq!(svc.verify(&forge(&svc, header, &wrong_iss)), Err(VerifyError::Audience));
+    let future_nbf = Claims {
+        nbf: now + 60,
+        ..base.clone()
+    };
+    assert_eq!(
+        svc.verify(&forge(&svc, header.clone(), &future_nbf)),
+        Err(VerifyError::NotYetValid)
+    );
+    let future_iat = Claims {
+        iat: now + 60,
+        ..base.clone()
+    };
+    assert_eq!(
+        svc.verify(&forge(&svc, header.clone(), &future_iat)),
+        Err(VerifyError::NotYetValid)
+    );
+    let wrong_aud = Claims {
+        aud: "other".into(),
+        ..base.clone()
+    };
+    assert_eq!(
+        svc.verify(&forge(&svc, header.clone(), &wrong_aud)),
+        Err(VerifyError::Audience)
+    );
+    let wrong_iss = Claims {
+        iss: "other".into(),
+        ..base
+    };
+    assert_eq!(
+        svc.verify(&forge(&svc, header, &wrong_iss)),
+        Err(VerifyError::Audience)
+    );
 }
 
 #[test]
@@ -136,7 +195,10 @@ fn rotation_keeps_old_tokens_valid_and_signs_with_the_new_key() {
     assert_ne!(old_kid, new_kid);
     assert!(svc.verify(&old).is_ok());
     let new = svc.issue(&user(), Uuid::new_v4()).unwrap();
-    assert_eq!(jsonwebtoken::decode_header(&new).unwrap().kid, Some(new_kid));
+    assert_eq!(
+        jsonwebtoken::decode_header(&new).unwrap().kid,
+        Some(new_kid)
+    );
     assert_eq!(svc.jwks()["keys"].as_array().unwrap().len(), 2);
 }
 
@@ -144,7 +206,10 @@ fn rotation_keeps_old_tokens_valid_and_signs_with_the_new_key() {
 fn hs256_tokens_carry_a_kid_and_need_a_long_secret() {
     // SAFETY: test-only env var names unique to this test.
     unsafe {
-        std::env::set_var("PORTCULLIS_TEST_HS_LONG", "0123456789abcdef0123456789abcdef");
+        std::env::set_var(
+            "PORTCULLIS_TEST_HS_LONG",
+            "0123456789abcdef0123456789abcdef",
+        );
         std::env::set_var("PORTCULLIS_TEST_HS_SHORT", "short");
     }
     let cfg = |var: &str| Tokens {
@@ -152,7 +217,10 @@ fn hs256_tokens_carry_a_kid_and_need_a_long_secret() {
         hs256_secret_env: Some(var.into()),
         ..Tokens::default()
     };
-    assert!(matches!(TokenService::new(&cfg("PORTCULLIS_TEST_HS_SHORT")), Err(KeyError::Secret(_))));
+    assert!(matches!(
+        TokenService::new(&cfg("PORTCULLIS_TEST_HS_SHORT")),
+        Err(KeyError::Secret(_))
+    ));
     let svc = TokenService::new(&cfg("PORTCULLIS_TEST_HS_LONG")).unwrap();
     let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
     assert!(jsonwebtoken::decode_header(&token).unwrap().kid.is_some());

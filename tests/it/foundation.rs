@@ -1,0 +1,374 @@
+//! Schema, migrations, CLI, config checking, readiness and shutdown.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::harness::*;
+
+fn shipped_config() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap()
+}
+
+#[tokio::test]
+async fn migrations_create_the_database_apply_and_rerun_as_a_no_op() {
+    let name = format!("pt_m_{}_{}", std::process::id(), rand_suffix());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let url = url_for(&name);
+    let first = run_cli(&cfg, &["migrate"], "", &[("DATABASE_URL", &url)]);
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.contains("created database"), "{out}");
+    assert!(
+        out.contains("applied V1__users_and_refresh_tokens"),
+        "{out}"
+    );
+    let second = run_cli(&cfg, &["migrate"], "", &[("DATABASE_URL", &url)]);
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success());
+    assert!(out.contains("no pending migrations"), "{out}");
+    let db = connect(&url).await;
+    let tables: Vec<String> = db
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in ["refresh_tokens", "sessions", "users"] {
+        assert!(tables.contains(&t.to_string()), "{tables:?}");
+    }
+    let role_type: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_type WHERE typname = 'user_role'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role_type, 1);
+    drop(db);
+    admin_exec(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+#[tokio::test]
+async fn the_canonical_email_is_unique_in_the_schema() {
+    let url = fresh_db().await;
+    let db = connect(&url).await;
+    db.execute(
+        "INSERT INTO users (id, email, email_canonical) VALUES (gen_random_uuid(), 'bob@x.io', 'bob@x.io')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let err = db
+        .execute(
+            "INSERT INTO users (id, email, email_canonical) VALUES (gen_random_uuid(), 'Bob@X.io', 'bob@x.io')",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_db_error().unwrap().constraint(),
+        Some("users_email_canonical_key")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_user_cascades_to_sessions_and_refresh_tokens_and_no_raw_token_is_stored() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let pair = gw.user("cascade@example.com").await;
+    let refresh = pair["refresh_token"].as_str().unwrap();
+    let refreshed: serde_json::Value = gw
+        .post("/auth/refresh", json!({ "refresh_token": refresh }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let successor = refreshed["refresh_token"].as_str().unwrap();
+    let db = connect(&gw.db_url).await;
+
+    let rows = db
+        .query("SELECT t::text, token_hash FROM refresh_tokens t", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.get(1)).collect();
+    for token in [refresh, successor] {
+        assert!(hashes.contains(&Sha256::digest(token.as_bytes()).to_vec()));
+        for row in &rows {
+            let text: String = row.get(0);
+            assert!(!text.contains(token), "raw refresh token stored: {text}");
+        }
+    }
+
+    db.execute("DELETE FROM users WHERE email = 'cascade@example.com'", &[])
+        .await
+        .unwrap();
+    for table in ["refresh_tokens", "sessions"] {
+        let n: i64 = db
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table} rows left after deleting the user");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, shipped_config()).unwrap();
+    let out = run_cli(&cfg, &["check-config"], "", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn check_config_rejects_each_broken_config_naming_the_key() {
+    let shipped = shipped_config();
+    let cases: Vec<(&str, &str, &str)> = vec![
+        ("threads = 2 ", "threads = 0 ", "server.threads"),
+        ("threads = 2 ", "threadz = 2 ", "threadz"),
+        ("threads = 2 ", "threads = \"two\" ", "server.threads"),
+        (
+            "access_ttl_secs = 900",
+            "access_ttl_secs = -1",
+            "tokens.access_ttl_secs",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"nowhere\"",
+            "server.listen",
+        ),
+        (
+            "addrs = [\"127.0.0.1:9000\"]",
+            "addrs = [\"no-port\"]",
+            "upstream[0].addrs",
+        ),
+        (
+            "prefix = \"/public/\"\nupstream = \"api\"",
+            "prefix = \"/public/\"\nupstream = \"ghost\"",
+            "route[2].upstream",
+        ),
+        (
+            "prefix = \"/public/\"",
+            "prefix = \"/auth/public/\"",
+            "route[2].prefix",
+        ),
+        (
+            "prefix = \"/public/\"",
+            "prefix = \"/api/\"",
+            "route[2].prefix",
+        ),
+        (
+            "algorithm = \"EdDSA\"",
+            "algorithm = \"none\"",
+            "tokens.algorithm",
+        ),
+        (
+            "on_db_error = \"deny\"",
+            "on_db_error = \"maybe\"",
+            "revocation.on_db_error",
+        ),
+        (
+            "cache_ttl_secs = 30",
+            "cache_ttl_secs = 0",
+            "revocation.cache_ttl_secs",
+        ),
+        (
+            "roles = [\"admin\"]",
+            "roles = [\"root\"]",
+            "route[0].roles",
+        ),
+        (
+            "url = \"postgres://postgres@127.0.0.1:5432/portcullis\"",
+            "url = \"mysql://x/y\"",
+            "database.url",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    for (from, to, key) in cases {
+        assert!(shipped.contains(from), "{from}");
+        std::fs::write(&cfg, shipped.replacen(from, to, 1)).unwrap();
+        let out = run_cli(&cfg, &["check-config"], "", &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{to}: {err}");
+        assert!(err.contains(key), "{to}: message should name {key}: {err}");
+        assert!(
+            err.contains("line "),
+            "{to}: message should give the line: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = run_cli(
+        Path::new("/nonexistent/config.toml"),
+        &["check-config"],
+        "",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.toml"));
+}
+
+#[tokio::test]
+async fn readyz_follows_the_database_without_a_restart() {
+    let echo = Echo::start().await;
+    let proxy = DbProxy::start().await;
+    let db = fresh_db().await;
+    let gw = Gateway::start_on(Options::new(echo.addr), proxy.url(&db)).await;
+    let ready = |gw: &Gateway| {
+        let req = gw.http.get(gw.admin("/readyz")).send();
+        async move { req.await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(ready(&gw).await, 200);
+    assert_eq!(
+        gw.http
+            .get(gw.admin("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    proxy.down();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ready(&gw).await == 503
+        })
+        .await
+        .is_some(),
+        "readyz should answer 503 while the database is unreachable"
+    );
+    assert_eq!(
+        gw.http
+            .get(gw.admin("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    proxy.up();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ready(&gw).await == 200
+        })
+        .await
+        .is_some(),
+        "readyz should recover once the database is back"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
+    let echo = Echo::start().await;
+    let mut gw = Gateway::start(Options::new(echo.addr)).await;
+    let slow = gw.http.get(gw.url("/public/wait")).send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    let resp = slow.await.unwrap().expect("in-flight request finished");
+    assert_eq!(resp.status(), 200);
+    let code = gw.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "log:\n{}", gw.log());
+}
+
+#[tokio::test]
+async fn user_create_bootstraps_an_admin_and_rejects_duplicates() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let pair = gw.admin_user("root@example.com").await;
+    assert_eq!(pair["user"]["role"], "admin");
+    let again = gw.cli(
+        &[
+            "user",
+            "create",
+            "--email",
+            "ROOT@example.com",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "another-password\n",
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let short = gw.cli(
+        &[
+            "user",
+            "create",
+            "--email",
+            "x@example.com",
+            "--password-stdin",
+        ],
+        "short\n",
+    );
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
+}
+
+#[tokio::test]
+async fn keys_generate_adds_a_key_that_signs_after_sighup() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let old = gw.user("keys@example.com").await;
+    let old_kid = kid_of(old["access_token"].as_str().unwrap());
+    let out = gw.cli(&["keys", "generate"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.signal("HUP");
+    let new_kid = eventually(Duration::from_secs(5), || async {
+        let pair = gw.login("keys@example.com", "password-123").await;
+        kid_of(pair["access_token"].as_str().unwrap()) != old_kid
+    })
+    .await;
+    assert!(new_kid.is_some(), "new tokens should carry the new kid");
+    let r = gw.get("/api/x", old["access_token"].as_str()).await;
+    assert_eq!(r.status(), 200, "tokens of the old key still verify");
+    let jwks: serde_json::Value = gw.get("/auth/jwks.json", None).await.json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+}
+
+/// The `kid` of a JWT's header.
+pub fn kid_of(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    v["kid"].as_str().unwrap().to_string()
+}

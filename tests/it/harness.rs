@@ -1,0 +1,729 @@
+//! Test harness: a migrated template database per run and a fresh copy per test, an echo
+//! upstream that records what reached it, and the real `portcullis` binary on free ports.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+
+/// The server the tests use; `DATABASE_URL` overrides it.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// `url` with its database name replaced.
+pub fn url_for(db: &str) -> String {
+    let base = admin_url();
+    let (head, _) = base
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
+    format!("{head}/{db}")
+}
+
+fn template_name() -> String {
+    format!("pt_tmpl_{}", std::process::id())
+}
+
+/// Runs SQL against the server's admin database.
+pub async fn admin_exec(sql: &str) {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {} ({e}). Start it with: \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                admin_url()
+            )
+        });
+    tokio::spawn(conn);
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Connects to one test database.
+pub async fn connect(db_url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(db_url, NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// Path of the built binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// Creates (once per run) the template database, migrated by the real `portcullis migrate`,
+/// after dropping templates and test databases left by earlier runs.
+fn ensure_template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let name = template_name();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                drop_stale_databases().await;
+                admin_exec(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            });
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = dir.path().join("config.toml");
+            std::fs::write(&cfg, "").unwrap();
+            let out = Command::new(bin())
+                .args(["--config", cfg.to_str().unwrap(), "migrate"])
+                .env("DATABASE_URL", url_for(&name))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "portcullis migrate failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            name
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+async fn drop_stale_databases() {
+    let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is not reachable at {} ({e}). Start it with: \
+             pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+                admin_url()
+            )
+        });
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pt\\_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.get(0);
+        let pid: Option<u32> = name.split('_').nth(2).and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// A fresh database copied from the migrated template; returns its URL.
+pub async fn fresh_db() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let template = ensure_template();
+    let name = format!(
+        "pt_t_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    admin_exec(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await;
+    url_for(&name)
+}
+
+/// A request the echo upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// All values of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// An HTTP upstream on 127.0.0.1 that records every request. `…/slow…` waits 3 s (past the
+/// test read timeout), `…/wait…` 700 ms;
+/// everything else answers 200 with a small JSON body.
+#[derive(Clone)]
+pub struct Echo {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let record = record.clone();
+                        async move {
+                            let path = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let seen = Seen {
+                                method: req.method().to_string(),
+                                path: path.clone(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (
+                                            k.to_string(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect(),
+                            };
+                            let _ = req.into_body().collect().await;
+                            if path != "/healthz" {
+                                record.lock().unwrap().push(seen);
+                            }
+                            if path.contains("/slow") {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            } else if path.contains("/wait") {
+                                tokio::time::sleep(Duration::from_millis(700)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(
+                                    serde_json::json!({ "upstream": "echo", "path": path })
+                                        .to_string(),
+                                ),
+                            )))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Echo { addr, seen }
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Number of requests received.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The last request received.
+    pub fn last(&self) -> Seen {
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the upstream received nothing")
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How to start a gateway.
+pub struct Options {
+    /// Upstream address for the `api` upstream.
+    pub upstream: String,
+    /// Extra TOML appended to the generated config (routes, limits…).
+    pub extra: String,
+    /// Replaces the default `[rate_limit]` table.
+    pub rate_limit: String,
+    /// `[tokens]` table body.
+    pub tokens: String,
+    /// `[revocation]` table body.
+    pub revocation: String,
+    /// Default routes (`/api/admin/`, `/api/`, `/public/`, `/opt/`).
+    pub default_routes: bool,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new(upstream: SocketAddr) -> Options {
+        Options {
+            upstream: upstream.to_string(),
+            extra: String::new(),
+            rate_limit: "login_per_minute_per_ip = 1000\nlogin_per_minute_per_account = 1000\nregister_per_minute_per_ip = 1000\n".into(),
+            tokens: String::new(),
+            revocation: "cache_ttl_secs = 30\n".into(),
+            default_routes: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running `portcullis serve` on free ports.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// The config file a test gateway runs with.
+pub fn config_text(
+    opts: &Options,
+    port: u16,
+    admin_port: u16,
+    db_url: &str,
+    keys_dir: &Path,
+) -> String {
+    let routes = if opts.default_routes {
+        r#"
+[[route]]
+prefix = "/api/admin/"
+upstream = "api"
+roles = ["admin"]
+
+[[route]]
+prefix = "/api/"
+upstream = "api"
+
+[[route]]
+prefix = "/public/"
+upstream = "api"
+auth = "none"
+
+[[route]]
+prefix = "/opt/"
+upstream = "api"
+auth = "optional"
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+threads = 2
+shutdown_grace_secs = 1
+
+[database]
+url = "{db_url}"
+pool_size = 8
+
+[tokens]
+keys_dir = "{keys}"
+{tokens}
+
+[passwords]
+argon2_memory_kib = 256
+argon2_iterations = 1
+
+[revocation]
+{revocation}
+
+[rate_limit]
+{rate_limit}
+
+[[upstream]]
+name = "api"
+addrs = ["{upstream}"]
+connect_timeout_ms = 500
+read_timeout_ms = 1000
+{routes}
+{extra}
+"#,
+        keys = keys_dir.display(),
+        tokens = opts.tokens,
+        revocation = opts.revocation,
+        rate_limit = opts.rate_limit,
+        upstream = opts.upstream,
+        extra = opts.extra,
+    )
+}
+
+impl Gateway {
+    /// Starts a gateway on a fresh database.
+    pub async fn start(opts: Options) -> Gateway {
+        let db = fresh_db().await;
+        Gateway::start_on(opts, db).await
+    }
+
+    /// Starts a gateway on an existing database (several instances share one).
+    pub async fn start_on(opts: Options, db_url: String) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        Gateway::start_with_keys(opts, db_url, dir, keys).await
+    }
+
+    /// Starts a gateway with a given keys directory (instances sharing keys).
+    pub async fn start_with_keys(
+        opts: Options,
+        db_url: String,
+        dir: tempfile::TempDir,
+        keys: PathBuf,
+    ) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(
+            &config_path,
+            config_text(&opts, port, admin_port, &db_url, &keys),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["--config", config_path.to_str().unwrap(), "serve"])
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start portcullis");
+        let gw = Gateway {
+            child: Some(child),
+            port,
+            admin_port,
+            db_url,
+            dir,
+            config_path,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(self.admin("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not ready after 30 s; log:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// POSTs JSON to the gateway.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Registers an account and checks the 201.
+    pub async fn register(&self, email: &str, password: &str) -> Value {
+        let r = self
+            .post(
+                "/auth/register",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "register {email}");
+        r.json().await.unwrap()
+    }
+
+    /// Logs in and returns the TokenPair.
+    pub async fn login(&self, email: &str, password: &str) -> Value {
+        let r = self
+            .post(
+                "/auth/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "login {email}");
+        r.json().await.unwrap()
+    }
+
+    /// Registers and logs in a fresh user; returns the TokenPair.
+    pub async fn user(&self, email: &str) -> Value {
+        self.register(email, "password-123").await;
+        self.login(email, "password-123").await
+    }
+
+    /// Creates an admin with the real CLI and logs in.
+    pub async fn admin_user(&self, email: &str) -> Value {
+        let out = self.cli(
+            &[
+                "user",
+                "create",
+                "--email",
+                email,
+                "--role",
+                "admin",
+                "--password-stdin",
+            ],
+            "admin-password\n",
+        );
+        assert!(
+            out.status.success(),
+            "user create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.login(email, "admin-password").await
+    }
+
+    /// Runs a CLI subcommand against this gateway's config, feeding `stdin`.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> std::process::Output {
+        run_cli(&self.config_path, args, stdin, &[])
+    }
+
+    /// The gateway's metrics as `series -> value`.
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self
+            .http
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
+    }
+}
+
+/// Runs the CLI with a config file, feeding `stdin`.
+pub fn run_cli(
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut cmd = Command::new(bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("DATABASE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = config.parent().filter(|d| d.exists()) {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `timeout` passes; returns the time it took.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Sends raw bytes to `port` and returns the raw response (for framing tests).
+pub async fn raw_request(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A TCP forwarder in front of PostgreSQL that a test can take down and bring back, to
+/// simulate the database becoming unreachable without touching the shared server.
+pub struct DbProxy {
+    pub port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl DbProxy {
+    /// Forwards 127.0.0.1:<port> to the PostgreSQL of `admin_url()`.
+    pub async fn start() -> DbProxy {
+        let target = {
+            let url = admin_url();
+            let after_at = url
+                .rsplit_once('@')
+                .map(|(_, h)| h.to_string())
+                .unwrap_or(url);
+            after_at.split('/').next().unwrap().to_string()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    break;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        DbProxy { port, up, conns }
+    }
+
+    /// URL of database `db` through this proxy.
+    pub fn url(&self, db_url: &str) -> String {
+        let db = db_url.rsplit_once('/').unwrap().1;
+        let base = admin_url();
+        let (scheme_user, _) = base.rsplit_once('@').unwrap();
+        format!("{scheme_user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests: real PostgreSQL, a real HTTP upstream, the real `portcullis` binary.
+//! One test binary on purpose (each extra binary is another link step).
+
+mod harness;
+
+mod foundation;
