@@ -3,6 +3,7 @@
 
 pub mod email;
 pub mod limits;
+pub mod oidc;
 pub mod password;
 mod service;
 

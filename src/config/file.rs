@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole validated configuration.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Listeners and process settings.
@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
     /// Proxy and /auth listener.
@@ -63,7 +63,7 @@ impl Default for Server {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Database {
     /// libpq-style URL; `DATABASE_URL` overrides it.
@@ -85,7 +85,7 @@ impl Default for Database {
 }
 
 /// JWT signing algorithms the gateway can be pinned to.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Algorithm {
     /// Ed25519 (default): small keys, fast verification.
     EdDSA,
@@ -110,7 +110,7 @@ impl Algorithm {
 }
 
 /// `[tokens]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tokens {
     /// `iss` claim written and required.
@@ -150,7 +150,7 @@ impl Default for Tokens {
 }
 
 /// `[passwords]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Passwords {
     /// argon2id memory cost.
@@ -181,7 +181,7 @@ impl Default for Passwords {
 }
 
 /// What the proxy does when a revocation status is unknown because the database is down.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OnDbError {
     /// Answer 503 (fail closed, default).
@@ -191,7 +191,7 @@ pub enum OnDbError {
 }
 
 /// `[revocation]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Revocation {
     /// Upper bound on staleness if a notification is lost.
@@ -213,7 +213,7 @@ impl Default for Revocation {
 }
 
 /// `[rate_limit]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimit {
     /// Login attempts per client IP per minute.
@@ -235,7 +235,7 @@ impl Default for RateLimit {
 }
 
 /// `[identity_headers]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityHeaders {
     /// Carries the user id.
@@ -267,7 +267,7 @@ impl IdentityHeaders {
 }
 
 /// `[[upstream]]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     /// Name routes refer to.
@@ -299,7 +299,7 @@ fn default_read_timeout() -> u64 {
 }
 
 /// Whether a route needs a signed-in caller.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Public: forwarded without identity (client identity headers still stripped).
@@ -312,7 +312,7 @@ pub enum AuthMode {
 }
 
 /// `[[route]]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Path prefix, matched case-sensitively on the normalized path.
@@ -340,7 +340,7 @@ pub struct Route {
 }
 
 /// `[[oidc]]`
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Oidc {
     /// Appears in the URLs.

@@ -183,3 +183,30 @@ fn several_problems_are_all_reported() {
     let p = problems(&text);
     assert_eq!(p.len(), 2, "{p:?}");
 }
+
+#[test]
+fn readme_documents_every_config_key() {
+    let readme = include_str!("../../README.md");
+    let config = Config::parse(SHIPPED).unwrap();
+    let value = serde_json::to_value(&config).unwrap();
+    let mut missing = Vec::new();
+    for (table, body) in value.as_object().unwrap() {
+        let (prefix, fields) = match body {
+            serde_json::Value::Array(items) => match items.first() {
+                Some(first) => (format!("{table}[]"), first.clone()),
+                None => continue,
+            },
+            other => (table.clone(), other.clone()),
+        };
+        for key in fields.as_object().unwrap().keys() {
+            let documented = format!("`{prefix}.{key}`");
+            if !readme.contains(&documented) {
+                missing.push(documented);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README's config reference misses {missing:?}"
+    );
+}

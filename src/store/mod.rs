@@ -3,6 +3,7 @@
 
 mod listener;
 mod migrate;
+mod oidc;
 mod sessions;
 mod users;
 
@@ -14,6 +15,7 @@ use tokio_postgres::NoTls;
 
 pub use listener::{RevocationEvent, listen_for_revocations};
 pub use migrate::{ensure_database, migrate};
+pub use oidc::{OidcLink, OidcState};
 pub use sessions::{NewSession, RefreshOutcome, Successor};
 pub use users::{AdminUpdate, AdminUpdateOutcome, StoredUser};
 
