@@ -52,6 +52,9 @@ pub enum BuildError {
     /// Upstream pools.
     #[error(transparent)]
     Upstream(#[from] proxy::upstream::UpstreamError),
+    /// OIDC client setup.
+    #[error("oidc: {0}")]
+    Oidc(#[from] auth::oidc::OidcError),
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -88,7 +91,7 @@ pub fn build_server(config: Config, config_path: &Path) -> Result<Server, BuildE
     let store = Store::new(&config.database.url, config.database.pool_size)?;
     let tokens = Arc::new(TokenService::new(&config.tokens)?);
     let hasher = Hasher::new(&config.passwords)?;
-    let auth = AuthService::new(&config, store.clone(), tokens.clone(), hasher);
+    let auth = AuthService::new(&config, store.clone(), tokens.clone(), hasher)?;
     let revocations = Arc::new(RevocationCache::new(
         store.clone(),
         config.revocation.cache_capacity,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::limits::{IpLimiter, Kind, seconds_to_next_minute};
+use super::oidc::{OidcError, OidcService};
 use super::password::Hasher;
 use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
@@ -83,6 +84,7 @@ pub struct AuthService {
     refresh_ttl_secs: u64,
     grace_secs: u64,
     ip_limiter: IpLimiter,
+    oidc: OidcService,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -115,8 +117,14 @@ fn successor_of(secret: &[u8], parent: &str) -> Successor {
 
 impl AuthService {
     /// Wires the use-cases to their dependencies.
-    pub fn new(config: &Config, store: Store, tokens: Arc<TokenService>, hasher: Hasher) -> Self {
-        AuthService {
+    pub fn new(
+        config: &Config,
+        store: Store,
+        tokens: Arc<TokenService>,
+        hasher: Hasher,
+    ) -> Result<Self, OidcError> {
+        Ok(AuthService {
+            oidc: OidcService::new(&config.oidc, store.clone())?,
             store,
             tokens,
             hasher,
@@ -125,7 +133,22 @@ impl AuthService {
             refresh_ttl_secs: config.tokens.refresh_ttl_secs,
             grace_secs: config.tokens.refresh_reuse_grace_secs,
             ip_limiter: IpLimiter::default(),
-        }
+        })
+    }
+
+    /// The OIDC login flows.
+    pub fn oidc(&self) -> &OidcService {
+        &self.oidc
+    }
+
+    /// Redeems a one-time OIDC login code and opens a session.
+    pub async fn oidc_exchange(
+        &self,
+        login_code: &str,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
+        let user = self.oidc.redeem(login_code).await?;
+        self.open_session(user, client).await
     }
 
     /// The token service (JWKS, verification of Bearer callers).

@@ -40,6 +40,11 @@ struct PasswordBody {
 }
 
 #[derive(Deserialize)]
+struct LoginCode {
+    login_code: String,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PatchUser {
     #[serde(default)]
@@ -63,6 +68,9 @@ enum Endpoint {
     AdminUsers,
     AdminUser(Uuid),
     AdminUserSessions(Uuid),
+    OidcLogin(String),
+    OidcCallback(String),
+    OidcExchange,
 }
 
 impl Endpoint {
@@ -87,6 +95,9 @@ impl Endpoint {
             ["admin", "users"] => Endpoint::AdminUsers,
             ["admin", "users", s] => Endpoint::AdminUser(id(s)?),
             ["admin", "users", s, "sessions"] => Endpoint::AdminUserSessions(id(s)?),
+            ["oidc", "exchange"] => Endpoint::OidcExchange,
+            ["oidc", name, "login"] => Endpoint::OidcLogin(name.to_string()),
+            ["oidc", name, "callback"] => Endpoint::OidcCallback(name.to_string()),
             _ => return None,
         })
     }
@@ -98,7 +109,9 @@ impl Endpoint {
             | Endpoint::Refresh
             | Endpoint::Logout
             | Endpoint::LogoutAll
-            | Endpoint::Password => "POST",
+            | Endpoint::Password
+            | Endpoint::OidcExchange => "POST",
+            Endpoint::OidcLogin(_) | Endpoint::OidcCallback(_) => "GET, HEAD",
             Endpoint::Me | Endpoint::Sessions | Endpoint::AdminUsers => "GET, HEAD",
             Endpoint::Jwks => "GET, HEAD",
             Endpoint::Session(_) | Endpoint::AdminUserSessions(_) => "DELETE",
@@ -291,12 +304,45 @@ async fn dispatch(
             )
             .await)
         }
+        Endpoint::OidcLogin(name) => {
+            let query = query_pairs(session);
+            let url = auth
+                .oidc()
+                .login_url(&name, query.get("redirect_to").map(String::as_str))
+                .await?;
+            Ok(respond::redirect(session, &url, &rid).await)
+        }
+        Endpoint::OidcCallback(name) => {
+            let query = query_pairs(session);
+            let get = |k: &str| query.get(k).map(String::as_str);
+            let next = auth
+                .oidc()
+                .callback(&name, get("code"), get("state"), get("error"))
+                .await?;
+            Ok(respond::redirect(session, &next.location, &rid).await)
+        }
+        Endpoint::OidcExchange => {
+            let body: LoginCode = read_json(session).await?;
+            let pair = auth.oidc_exchange(&body.login_code, &client).await?;
+            shared.metrics.auth_event("login_ok");
+            Ok(respond::json(session, 200, &pair, true, &rid).await)
+        }
         Endpoint::AdminUserSessions(id) => {
             let caller = caller(shared, session).await?;
             auth.admin_revoke_sessions(&caller, id).await?;
             Ok(respond::empty(session, 204, &rid).await)
         }
     }
+}
+
+/// The request's query parameters (first value of each name).
+fn query_pairs(session: &Session) -> std::collections::HashMap<String, String> {
+    let query = session.req_header().uri.query().unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    out
 }
 
 /// Authenticates the Bearer caller of an /auth endpoint (full verification + revocation).

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::access::{Denial, PathError};
 use crate::auth::AuthError;
+use crate::auth::oidc::OidcError;
 
 /// An error response about to be written.
 #[derive(Debug, Clone)]
@@ -128,6 +129,35 @@ impl From<Denial> for ApiError {
     }
 }
 
+impl From<OidcError> for ApiError {
+    fn from(e: OidcError) -> Self {
+        let message = e.to_string();
+        match e {
+            OidcError::UnknownProvider(_) => Self::new(404, "not_found", message),
+            OidcError::BadRedirect | OidcError::BadState => {
+                Self::new(400, "invalid_request", message)
+            }
+            OidcError::Provider(detail) => {
+                tracing::warn!(error = %detail, "OIDC provider failure");
+                Self::new(
+                    502,
+                    "bad_gateway",
+                    "the identity provider failed; try again",
+                )
+            }
+            OidcError::InvalidIdToken(detail) => {
+                tracing::warn!(error = %detail, "OIDC ID token rejected");
+                Self::new(
+                    401,
+                    "invalid_token",
+                    "the identity provider's answer could not be verified",
+                )
+            }
+            OidcError::Auth(e) => e.into(),
+        }
+    }
+}
+
 impl From<PathError> for ApiError {
     fn from(e: PathError) -> Self {
         Self::bad_request(e.to_string())
@@ -175,6 +205,20 @@ pub async fn json<T: Serialize>(
             .await
         }
     }
+}
+
+/// Writes a 302 to `location` (never cached).
+pub async fn redirect(session: &mut Session, location: &str, request_id: &str) -> u16 {
+    write(
+        session,
+        302,
+        Vec::new(),
+        &[("Location", location)],
+        true,
+        request_id,
+    )
+    .await;
+    302
 }
 
 /// Writes an empty response (204).

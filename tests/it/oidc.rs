@@ -1,0 +1,407 @@
+//! OIDC login against an in-process identity provider (discovery, JWKS, token endpoint with
+//! PKCE check) that signs real ES256 ID tokens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+use crate::harness::*;
+
+/// Who logs in at the provider.
+#[derive(Clone)]
+struct Identity {
+    sub: String,
+    email: String,
+    email_verified: bool,
+}
+
+struct Grant {
+    identity: Identity,
+    nonce: String,
+    challenge: String,
+}
+
+/// A minimal OpenID provider.
+struct Idp {
+    issuer: String,
+    grants: Arc<Mutex<HashMap<String, Grant>>>,
+    _keys: tempfile::TempDir,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let keys = tempfile::tempdir().unwrap();
+        let (kid, path) =
+            portcullis::tokens::generate_key(keys.path(), portcullis::config::Algorithm::ES256)
+                .unwrap();
+        let signer = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(path).unwrap()).unwrap();
+        let tokens = portcullis::tokens::TokenService::new(&portcullis::config::Tokens {
+            algorithm: portcullis::config::Algorithm::ES256,
+            keys_dir: keys.path().display().to_string(),
+            ..Default::default()
+        })
+        .unwrap();
+        let jwks = tokens.jwks();
+        let grants: Arc<Mutex<HashMap<String, Grant>>> = Arc::default();
+        let state = (
+            issuer.clone(),
+            grants.clone(),
+            Arc::new(signer),
+            Arc::new(jwks),
+            kid,
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (issuer, grants, signer, jwks, kid) = state.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let (status, value) = match path.as_str() {
+                                "/.well-known/openid-configuration" => (
+                                    200,
+                                    json!({
+                                        "issuer": issuer,
+                                        "authorization_endpoint": format!("{issuer}/authorize"),
+                                        "token_endpoint": format!("{issuer}/token"),
+                                        "jwks_uri": format!("{issuer}/jwks"),
+                                        "response_types_supported": ["code"],
+                                        "subject_types_supported": ["public"],
+                                        "id_token_signing_alg_values_supported": ["ES256"],
+                                    }),
+                                ),
+                                "/jwks" => (200, (*jwks).clone()),
+                                "/token" => token(&issuer, &grants, &signer, &kid, &body),
+                                _ => (404, json!({"error": "not_found"})),
+                            };
+                            let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Idp {
+            issuer,
+            grants,
+            _keys: keys,
+        }
+    }
+
+    /// What the provider's login page would do: remember the request, hand out a code.
+    fn authorize(&self, location: &str, identity: Identity) -> (String, String) {
+        let query = location.split_once('?').unwrap().1;
+        let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        assert_eq!(params["response_type"], "code");
+        assert_eq!(params["code_challenge_method"], "S256");
+        let code = format!("code-{}", params["state"]);
+        self.grants.lock().unwrap().insert(
+            code.clone(),
+            Grant {
+                identity,
+                nonce: params["nonce"].clone(),
+                challenge: params["code_challenge"].clone(),
+            },
+        );
+        (code, params["state"].clone())
+    }
+}
+
+fn token(
+    issuer: &str,
+    grants: &Mutex<HashMap<String, Grant>>,
+    signer: &jsonwebtoken::EncodingKey,
+    kid: &str,
+    body: &[u8],
+) -> (u16, Value) {
+    let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    let Some(grant) = form
+        .get("code")
+        .and_then(|c| grants.lock().unwrap().remove(c))
+    else {
+        return (400, json!({"error": "invalid_grant"}));
+    };
+    let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+    if B64.encode(Sha256::digest(verifier.as_bytes())) != grant.challenge {
+        return (
+            400,
+            json!({"error": "invalid_grant", "error_description": "PKCE"}),
+        );
+    }
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({
+        "iss": issuer, "sub": grant.identity.sub, "aud": "portcullis",
+        "exp": now + 300, "iat": now, "nonce": grant.nonce,
+        "email": grant.identity.email, "email_verified": grant.identity.email_verified,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let id_token = jsonwebtoken::encode(&header, &claims, signer).unwrap();
+    (
+        200,
+        json!({"access_token": "idp-access", "token_type": "Bearer", "expires_in": 300, "id_token": id_token}),
+    )
+}
+
+async fn gateway(idp: &Idp) -> (Gateway, Echo) {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.extra = format!(
+        r#"
+[[oidc]]
+name = "test"
+issuer = "{}"
+client_id = "portcullis"
+client_secret_env = "PT_OIDC_SECRET"
+redirect_uri = "http://127.0.0.1/auth/oidc/test/callback"
+allowed_redirects = ["https://app.example.com/"]
+"#,
+        idp.issuer
+    );
+    opts.env.push(("PT_OIDC_SECRET".into(), "s3cret".into()));
+    (Gateway::start(opts).await, echo)
+}
+
+/// Runs the browser's part up to the callback; returns the callback's response.
+async fn login_through(gw: &Gateway, idp: &Idp, identity: Identity) -> reqwest::Response {
+    let start = gw
+        .get(
+            "/auth/oidc/test/login?redirect_to=https%3A%2F%2Fapp.example.com%2Fdone",
+            None,
+        )
+        .await;
+    assert_eq!(start.status(), 302);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with(&format!("{}/authorize?", idp.issuer)),
+        "{location}"
+    );
+    let (code, state) = idp.authorize(&location, identity);
+    gw.get(
+        &format!("/auth/oidc/test/callback?code={code}&state={state}"),
+        None,
+    )
+    .await
+}
+
+fn query_param(location: &str, name: &str) -> Option<String> {
+    let query = location.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn user_count(gw: &Gateway) -> i64 {
+    connect(&gw.db_url)
+        .await
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_provider_login_creates_an_account_and_a_single_use_login_code() {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let who = Identity {
+        sub: "sub-1".into(),
+        email: "Olga@Example.com".into(),
+        email_verified: true,
+    };
+    let callback = login_through(&gw, &idp, who.clone()).await;
+    assert_eq!(callback.status(), 302);
+    let location = callback.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        location.starts_with("https://app.example.com/done?login_code="),
+        "{location}"
+    );
+    let code = query_param(&location, "login_code").unwrap();
+
+    let pair = gw
+        .post("/auth/oidc/exchange", json!({ "login_code": code }))
+        .await;
+    assert_eq!(pair.status(), 200);
+    assert_eq!(pair.headers()["cache-control"], "no-store");
+    let pair: Value = pair.json().await.unwrap();
+    assert_eq!(pair["user"]["email"], "Olga@Example.com");
+    assert_eq!(pair["user"]["role"], "user");
+    let me = gw.get("/auth/me", pair["access_token"].as_str()).await;
+    assert_eq!(me.status(), 200);
+
+    let again = gw
+        .post("/auth/oidc/exchange", json!({ "login_code": code }))
+        .await;
+    assert_eq!(again.status(), 401);
+    assert_eq!(
+        again.json::<Value>().await.unwrap()["error"],
+        "invalid_token"
+    );
+
+    // The same subject logs in again: same account, no duplicate.
+    let second = login_through(&gw, &idp, who).await;
+    assert_eq!(second.status(), 302);
+    assert_eq!(user_count(&gw).await, 1);
+    // An OIDC account has no password: password login fails like any wrong password.
+    let r = gw
+        .post(
+            "/auth/login",
+            json!({"email": "olga@example.com", "password": "anything-at-all"}),
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn a_verified_email_links_the_existing_account_and_an_unverified_one_is_refused() {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let local = gw.user("pat@example.com").await;
+    let pat_id = local["user"]["id"].clone();
+
+    let unverified = Identity {
+        sub: "sub-x".into(),
+        email: "PAT@example.com".into(),
+        email_verified: false,
+    };
+    let refused = login_through(&gw, &idp, unverified).await;
+    assert_eq!(refused.status(), 302);
+    let location = refused.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("email_taken")
+    );
+    assert_eq!(query_param(&location, "login_code"), None);
+    let links: i64 = connect(&gw.db_url)
+        .await
+        .query_one("SELECT count(*) FROM oidc_identities", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(links, 0, "nothing is linked for an unverified email");
+    assert_eq!(user_count(&gw).await, 1, "nothing is created");
+
+    let verified = Identity {
+        sub: "sub-y".into(),
+        email: "pat@EXAMPLE.com".into(),
+        email_verified: true,
+    };
+    let linked = login_through(&gw, &idp, verified).await;
+    let code = query_param(linked.headers()["location"].to_str().unwrap(), "login_code").unwrap();
+    let pair: Value = gw
+        .post("/auth/oidc/exchange", json!({ "login_code": code }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pair["user"]["id"], pat_id);
+}
+
+#[tokio::test]
+async fn bad_redirects_states_and_codes_are_refused_without_side_effects() {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let r = gw
+        .get(
+            "/auth/oidc/test/login?redirect_to=https%3A%2F%2Fevil.example.net%2F",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.headers().get("location").is_none());
+    let r = gw.get("/auth/oidc/test/login", None).await;
+    assert_eq!(r.status(), 400);
+    let r = gw
+        .get(
+            "/auth/oidc/nope/login?redirect_to=https%3A%2F%2Fapp.example.com%2F",
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+
+    let r = gw
+        .get("/auth/oidc/test/callback?code=x&state=never-issued", None)
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
+
+    // A state is single use.
+    let start = gw
+        .get(
+            "/auth/oidc/test/login?redirect_to=https%3A%2F%2Fapp.example.com%2F",
+            None,
+        )
+        .await;
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let who = Identity {
+        sub: "s".into(),
+        email: "s@example.com".into(),
+        email_verified: true,
+    };
+    let (code, state) = idp.authorize(&location, who.clone());
+    let ok = gw
+        .get(
+            &format!("/auth/oidc/test/callback?code={code}&state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(ok.status(), 302);
+    let replay = gw
+        .get(
+            &format!("/auth/oidc/test/callback?code={code}&state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(replay.status(), 400);
+
+    // The provider refuses the code (already used): nothing is created.
+    let start = gw
+        .get(
+            "/auth/oidc/test/login?redirect_to=https%3A%2F%2Fapp.example.com%2F",
+            None,
+        )
+        .await;
+    let state = query_param(start.headers()["location"].to_str().unwrap(), "state").unwrap();
+    let before = user_count(&gw).await;
+    let bad = gw
+        .get(
+            &format!("/auth/oidc/test/callback?code=forged&state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(bad.status(), 502);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "bad_gateway");
+    assert_eq!(user_count(&gw).await, before);
+
+    let r = gw
+        .post("/auth/oidc/exchange", json!({ "login_code": "unknown" }))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_token");
+}
