@@ -129,6 +129,22 @@ def tree_pids(pid):
     return out
 
 
+def disturbance():
+    """1-minute load average and the number of cargo/rustc/clippy processes (never ours)."""
+    builds = 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/comm") as f:
+                    if f.read().strip() in ("cargo", "rustc", "clippy-driver", "cargo-clippy"):
+                        builds += 1
+            except OSError:
+                pass
+    with open("/proc/loadavg") as f:
+        load = float(f.read().split()[0])
+    return load, builds
+
+
 def cpu_seconds(pid):
     """utime + stime of a process tree, in seconds (children still running, not reaped ones)."""
     total = 0
@@ -584,17 +600,23 @@ def measure_targets(args, loader, targets, procs_by_target, notes):
         order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
         for t in order:
             pid = procs_by_target.get(t["name"])
+            load, builds = disturbance()
             c0 = cpu_seconds(pid) if pid else None
             res = summarize(loader.run(t["url"], args.connections, args.duration, t["headers"], threads=args.wrk_threads))
             if pid:
                 res["proxy_cpu_s"] = round(cpu_seconds(pid) - c0, 3)
             res["round"] = rnd + 1
+            res["loadavg_before"] = load
+            res["builds_running"] = builds
             runs[t["name"]].append(res)
             log(
                 f"round {rnd + 1}/{args.rounds} {t['name']:>9}: {res['rps']:>9.0f} req/s  "
                 f"p50 {res['p50_ms']:.3f}  p99 {res['p99_ms']:.3f}  p99.9 {res['p99.9_ms']:.3f} ms  "
                 f"errors {res['errors']} non-2xx {res['non_2xx']}"
             )
+    disturbed = sum(1 for rs in runs.values() for r in rs if r["builds_running"])
+    if disturbed:
+        notes.append(f"{disturbed} measured runs had someone else's cargo/rustc running (runs[].builds_running in results.json)")
     out = []
     for t in targets:
         rs = runs[t["name"]]
@@ -776,6 +798,45 @@ def measure_revocation(args, gw_a, gw_b, email):
     }
     log(f"revocation propagation: p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms over {len(lat_done)} (timeouts {timeouts})")
     return out
+
+
+def profile_gateway(args, loader, gw, token, tmp, out_dir):
+    """perf profile (flat, by symbol) of the gateway during one protected-route run."""
+    if not shutil.which("perf"):
+        raise RuntimeError("perf not installed (apt-get install linux-perf)")
+    data = os.path.join(tmp, "perf.data")
+    rec = subprocess.Popen(
+        ["perf", "record", "-F", "1999", "-p", str(gw.pid), "-o", data, "--", "sleep", str(args.duration)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    time.sleep(0.3)
+    url = f"http://127.0.0.1:{gw.port}{API_PATH}"
+    r = summarize(loader.run(url, args.connections, args.duration, [f"Authorization: Bearer {token}"], threads=args.wrk_threads))
+    _, err = rec.communicate(timeout=args.duration + 60)
+    if rec.returncode != 0:
+        raise RuntimeError(f"perf record failed: {err.decode(errors='replace')[-300:]}")
+    parts = [f"# perf profile of portcullis (pid {gw.pid}) during a protected-route run: {r['rps']:.0f} req/s\n"]
+    for sort, limit in (("dso", "0.5"), ("symbol", "0.4")):
+        rep = subprocess.run(
+            ["perf", "report", "-i", data, "--stdio", "--no-children", "--sort", sort, "--percent-limit", limit],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        body = [
+            re.sub(r"(\s+-)+\s*$", "", line).rstrip()
+            for line in rep.stdout.splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        parts.append(f"## by {sort} (>= {limit}%)\n" + "\n".join(body[:80]) + "\n")
+    path = os.path.join(out_dir, "profile-protected.txt")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
+    log(f"profile written to {path}")
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT) else path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1019,6 +1080,7 @@ def parse_args():
     ap.add_argument("--loadgen", choices=["auto", "python"], default="auto")
     ap.add_argument("--upstream", choices=["auto", "python"], default="auto")
     ap.add_argument("--no-peers", action="store_true", help="skip nginx proxy_pass and HAProxy")
+    ap.add_argument("--profile", action="store_true", help="after the run, perf-profile the gateway on the protected route")
     ap.add_argument("--out", help="output directory (full: benches/results; smoke: a temp dir)")
     ap.add_argument("--quiet-wait", default="", help="what run.sh's quiet-machine wait found (recorded)")
     ap.add_argument("--hard-timeout", type=float, help="kill everything after this many seconds")
@@ -1251,6 +1313,8 @@ def run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_u
 
     res["revocation"] = phase("revocation propagation", revocation)
     res["gateway_peak_rss_kib_end"] = peak_rss_kib(gw.pid)
+    if args.profile:
+        res["profile"] = phase("profile", lambda: profile_gateway(args, loader, gw, token, tmp, out_dir))
 
     res["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     res["headline"] = headline(res)
