@@ -92,7 +92,13 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     let segments: Vec<&str> = decoded.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     for (n, seg) in segments.into_iter().enumerate() {
-        if seg.starts_with("..;") || seg.starts_with(".;") {
+        // Also with the `;` percent-encoded (pass 1 upper-cases escapes): upstreams that decode
+        // before stripping path parameters would read `..%3B` as `..;`, i.e. `..`.
+        if seg.starts_with("..;")
+            || seg.starts_with(".;")
+            || seg.starts_with("..%3B")
+            || seg.starts_with(".%3B")
+        {
             return Err(PathError::DotParameter);
         }
         match seg {
@@ -167,6 +173,13 @@ mod tests {
         assert_eq!(normalize("/a%4"), Err(PathError::BadPercent));
         assert_eq!(normalize("/public/..;/api"), Err(PathError::DotParameter));
         assert_eq!(normalize("/public/.;x/api"), Err(PathError::DotParameter));
+        assert_eq!(normalize("/public/..%3b/api"), Err(PathError::DotParameter));
+        assert_eq!(
+            normalize("/public/%2E%2E%3B/api"),
+            Err(PathError::DotParameter)
+        );
+        assert_eq!(normalize("/public/.%3Bx/api"), Err(PathError::DotParameter));
+        assert_eq!(normalize("/public/a%3B/api").unwrap(), "/public/a%3B/api");
         assert_eq!(normalize("api"), Err(PathError::NotAbsolute));
     }
 }

@@ -409,8 +409,17 @@ async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiE
     parse_json(&body)
 }
 
-/// Parses `body` into `T`, naming the offending field on error.
+/// Parses `body` into `T`, naming the offending field on error. Every /auth body is a JSON
+/// object: serde would also fill a struct from an array (`["admin"]` as `{"role":"admin"}`).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(ApiError::bad_request(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -444,6 +453,10 @@ mod tests {
         let e = parse_json::<Credentials>(b"{not json").err().unwrap();
         assert!(e.message.starts_with("invalid JSON body"), "{}", e.message);
         assert!(parse_json::<Credentials>(br#"{"email":"a","password":"b"} x"#).is_err());
+        for not_an_object in [&br#"["admin"]"#[..], b" [\"admin\", true]", b"\"x\"", b"1"] {
+            let e = parse_json::<PatchUser>(not_an_object).err().unwrap();
+            assert_eq!(e.status, 400);
+        }
         let e = parse_json::<PatchUser>(br#"{"role":"root"}"#)
             .err()
             .unwrap();

@@ -158,21 +158,69 @@ fn protected(name: &str) -> bool {
     )
 }
 
-/// HTTP framing rules of API.md §4.2 item 8.
-pub fn check_framing(req: &RequestHeader) -> std::result::Result<(), ApiError> {
-    let h = &req.headers;
-    let content_lengths = h.get_all("content-length").iter().count();
-    if content_lengths > 1 {
+/// How often the framing-relevant header names occur.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FramingCounts {
+    content_length: usize,
+    transfer_encoding: usize,
+    host: usize,
+}
+
+impl FramingCounts {
+    fn count(&mut self, name: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length += 1;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding += 1;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            self.host += 1;
+        }
+    }
+
+    /// From the header block as the client sent it (request line first).
+    fn from_raw(head: &[u8]) -> FramingCounts {
+        let mut counts = FramingCounts::default();
+        for line in head.split(|b| *b == b'\n').skip(1) {
+            if let Some(colon) = line.iter().position(|b| *b == b':') {
+                counts.count(line[..colon].trim_ascii());
+            }
+        }
+        counts
+    }
+
+    fn from_parsed(req: &RequestHeader) -> FramingCounts {
+        let mut counts = FramingCounts::default();
+        for name in req.headers.keys() {
+            for _ in req.headers.get_all(name) {
+                counts.count(name.as_str().as_bytes());
+            }
+        }
+        counts
+    }
+}
+
+/// HTTP framing rules of API.md §4.2 item 8. `raw_head` is the header block as received
+/// (HTTP/1): Pingora drops `Content-Length` when `Transfer-Encoding` is also present before any
+/// filter runs, so only the raw bytes still show that the request was ambiguous.
+pub fn check_framing(
+    req: &RequestHeader,
+    raw_head: Option<&[u8]>,
+) -> std::result::Result<(), ApiError> {
+    let counts = match raw_head {
+        Some(head) => FramingCounts::from_raw(head),
+        None => FramingCounts::from_parsed(req),
+    };
+    if counts.content_length > 1 {
         return Err(ApiError::bad_request(
             "the request has more than one Content-Length",
         ));
     }
-    if content_lengths == 1 && h.contains_key("transfer-encoding") {
+    if counts.content_length == 1 && counts.transfer_encoding > 0 {
         return Err(ApiError::bad_request(
             "the request has both Content-Length and Transfer-Encoding",
         ));
     }
-    match h.get_all("host").iter().count() {
+    match counts.host {
         0 => Err(ApiError::bad_request("the request has no Host header")),
         1 => Ok(()),
         _ => Err(ApiError::bad_request(
@@ -199,6 +247,21 @@ mod tests {
         let mut config = Config::default();
         config.server.trusted_proxies = trusted.iter().map(|s| s.parse().unwrap()).collect();
         Forwarding::new(&config)
+    }
+
+    #[test]
+    fn framing_is_judged_on_the_headers_as_sent() {
+        let req = RequestHeader::build("POST", b"/", None).unwrap();
+        let check = |head: &[u8]| check_framing(&req, Some(head)).map_err(|e| e.message);
+        assert!(check(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n").is_ok());
+        for bad in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 1\r\nCONTENT-LENGTH: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nhost : b\r\n\r\n",
+        ] {
+            assert!(check(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -138,7 +138,11 @@ enum Decision {
 impl Gateway {
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Decision {
         let shared = &*self.shared;
-        if let Err(e) = forward::check_framing(session.req_header()) {
+        let raw_head = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        if let Err(e) = forward::check_framing(session.req_header(), raw_head.as_deref()) {
             return Decision::Reject(e);
         }
         ctx.request_id = forward::request_id(session.req_header());
@@ -328,6 +332,9 @@ impl ProxyHttp for Gateway {
                 if ctx.request_id.is_empty() {
                     ctx.request_id = uuid::Uuid::new_v4().to_string();
                 }
+                // The connection is not reused after a failed proxy attempt (below); say so,
+                // or a keep-alive client sends its next request into a closing socket.
+                session.set_keepalive(None);
                 respond::error(session, &err, &ctx.request_id).await
             }
             None => 0,

@@ -43,6 +43,10 @@ impl RevocationEvent {
 /// Holds a LISTEN connection forever, reconnecting with backoff. `on_event` receives every
 /// revocation, and `All` whenever a connection is (re-)established, since notifications sent
 /// while disconnected are lost.
+///
+/// Losing the connection does not clear the cache: while the database is unreachable, cached
+/// statuses (at most `cache_ttl_secs` old) are what keeps signed-in users served (API.md §4.2
+/// item 7). What was missed meanwhile is dropped as soon as LISTEN is back.
 pub async fn listen_for_revocations<F>(url: String, on_event: F)
 where
     F: Fn(RevocationEvent) + Send + Sync,
@@ -53,8 +57,6 @@ where
             Ok(()) => tracing::warn!("revocation LISTEN connection closed; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "revocation LISTEN connection failed; retrying"),
         }
-        // Whatever happened while we were away is unknown.
-        on_event(RevocationEvent::All);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
         if backoff >= Duration::from_secs(2) {

@@ -4,4 +4,6 @@
 mod harness;
 
 mod foundation;
+
+mod auth;
 mod oidc;
