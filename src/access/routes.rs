@@ -1,6 +1,8 @@
 //! The route table, built once per config load: longest prefix first, then routes with a
 //! host, then routes with methods; the first route that matches wins.
 
+use std::sync::Arc;
+
 use http::Method;
 
 use crate::config::{AuthMode, Route};
@@ -59,7 +61,7 @@ impl RouteEntry {
 /// All routes in match order.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    entries: Vec<RouteEntry>,
+    entries: Vec<Arc<RouteEntry>>,
 }
 
 /// The host of a `Host` header value: port removed, IPv6 brackets kept.
@@ -75,9 +77,10 @@ pub fn host_without_port(host: &str) -> &str {
 impl Routes {
     /// Compiles validated `[[route]]` entries.
     pub fn new(routes: &[Route]) -> Routes {
-        let mut entries: Vec<RouteEntry> = routes
+        let mut entries: Vec<Arc<RouteEntry>> = routes
             .iter()
-            .map(|r| RouteEntry {
+            .map(|r| {
+                Arc::new(RouteEntry {
                 prefix: r.prefix.clone(),
                 host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 methods: r
@@ -90,6 +93,7 @@ impl Routes {
                 upstream: r.upstream.clone(),
                 strip_prefix: r.strip_prefix,
                 forward_token: r.forward_token,
+                })
             })
             .collect();
         entries.sort_by_key(|e| {
@@ -103,7 +107,12 @@ impl Routes {
     }
 
     /// The route for a request; `host` is the Host header (port ignored).
-    pub fn find(&self, host: Option<&str>, method: &Method, path: &str) -> Option<&RouteEntry> {
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &str,
+    ) -> Option<&Arc<RouteEntry>> {
         let host = host.map(host_without_port);
         self.entries.iter().find(|e| e.matches(host, method, path))
     }

@@ -101,7 +101,8 @@ pub struct Ctx {
     /// `X-Request-Id` (the client's or a fresh one).
     pub request_id: String,
     /// Metrics label: route prefix, `/auth`, or `none`.
-    route_label: String,
+    /// `/auth` or `none` when no route matched (else the route's prefix is the label).
+    route_label: &'static str,
     route: Option<Arc<RouteEntry>>,
     pool: Option<Arc<UpstreamPool>>,
     identity: Option<Arc<Claims>>,
@@ -158,7 +159,7 @@ impl Gateway {
             Err(e) => return Decision::Reject(e.into()),
         };
         if auth_api::is_auth_path(&path) {
-            ctx.route_label = "/auth".to_string();
+            ctx.route_label = "/auth";
             ctx.status = auth_api::handle(shared, session, ctx, &path).await;
             return Decision::Responded;
         }
@@ -171,7 +172,7 @@ impl Gateway {
         let Some(route) = live.routes.find(host, &req.method, &path) else {
             return Decision::Reject(ApiError::not_found());
         };
-        ctx.route_label = route.prefix.clone();
+        ctx.route = Some(route.clone());
         let token = match bearer(
             req.headers
                 .get_all("authorization")
@@ -219,7 +220,6 @@ impl Gateway {
             }
         }
         ctx.pool = live.upstreams.get(&route.upstream).cloned();
-        ctx.route = Some(Arc::new(route.clone()));
         Decision::Forward
     }
 }
@@ -232,7 +232,7 @@ impl ProxyHttp for Gateway {
         Ctx {
             started: Instant::now(),
             request_id: String::new(),
-            route_label: "none".to_string(),
+            route_label: "none",
             route: None,
             pool: None,
             identity: None,
@@ -352,9 +352,13 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let metrics = &self.shared.metrics;
+        let label = ctx
+            .route
+            .as_ref()
+            .map_or(ctx.route_label, |r| r.prefix.as_str());
         metrics
             .requests
-            .with_label_values(&[ctx.route_label.as_str(), &status.to_string()])
+            .with_label_values(&[label, &status.to_string()])
             .inc();
         if let (Some(start), Some(pool)) = (ctx.upstream_started, ctx.pool.as_ref()) {
             metrics
@@ -366,7 +370,7 @@ impl ProxyHttp for Gateway {
             target: "access",
             request_id = %ctx.request_id,
             method = %session.req_header().method,
-            route = %ctx.route_label,
+            route = %label,
             status,
             user = ctx.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
             ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
