@@ -81,18 +81,18 @@ impl Routes {
             .iter()
             .map(|r| {
                 Arc::new(RouteEntry {
-                prefix: r.prefix.clone(),
-                host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                methods: r
-                    .methods
-                    .iter()
-                    .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
-                    .collect(),
-                auth: r.auth,
-                roles: r.roles.iter().filter_map(|s| Role::parse(s)).collect(),
-                upstream: r.upstream.clone(),
-                strip_prefix: r.strip_prefix,
-                forward_token: r.forward_token,
+                    prefix: r.prefix.clone(),
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                    methods: r
+                        .methods
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                        .collect(),
+                    auth: r.auth,
+                    roles: r.roles.iter().filter_map(|s| Role::parse(s)).collect(),
+                    upstream: r.upstream.clone(),
+                    strip_prefix: r.strip_prefix,
+                    forward_token: r.forward_token,
                 })
             })
             .collect();
