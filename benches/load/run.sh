@@ -58,7 +58,7 @@ fi
 quiet_wait() { # max seconds; prints what it found
   local max=$1 start=$SECONDS others load
   while :; do
-    others=$(pgrep -x 'cargo|rustc|clippy-driver|cargo-clippy' | tr '\n' ' ' || true)
+    others=$(pgrep -x 'cargo|rustc|clippy-driver' 2>/dev/null | tr '\n' ' ' || true)
     load=$(cut -d' ' -f1 /proc/loadavg)
     if [ -z "$others" ] && awk -v l="$load" 'BEGIN { exit !(l < 0.7) }'; then
       echo "quiet after $((SECONDS - start)) s (load $load)"
