@@ -45,20 +45,8 @@ fn user() -> User {
 }
 
 fn routes(n: usize) -> Routes {
-    let mut v: Vec<Route> = (0..n)
-        .map(|i| Route {
-            prefix: format!("/svc{i}/v1/"),
-            upstream: "api".into(),
-            auth: AuthMode::Required,
-            roles: vec![],
-            methods: vec![],
-            host: None,
-            strip_prefix: false,
-            forward_token: false,
-        })
-        .collect();
-    v.push(Route {
-        prefix: "/api/".into(),
+    let route = |prefix: String| Route {
+        prefix,
         upstream: "api".into(),
         auth: AuthMode::Required,
         roles: vec![],
@@ -66,7 +54,9 @@ fn routes(n: usize) -> Routes {
         host: None,
         strip_prefix: false,
         forward_token: false,
-    });
+    };
+    let mut v: Vec<Route> = (0..n).map(|i| route(format!("/svc{i}/v1/"))).collect();
+    v.push(route("/api/".into()));
     Routes::new(&v)
 }
 

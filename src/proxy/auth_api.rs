@@ -10,7 +10,7 @@ use super::respond::{self, ApiError};
 use super::{Ctx, Shared};
 use crate::access::{Denial, bearer};
 use crate::auth::{AuthError, ClientInfo, RefreshResult};
-use crate::model::Role;
+use crate::model::{Role, User};
 use crate::store::AdminUpdate;
 use crate::tokens::Claims;
 
@@ -168,14 +168,7 @@ async fn dispatch(
             let body: Credentials = read_json(session).await?;
             let user = auth.register(&body.email, body.password, &client).await?;
             shared.metrics.auth_event("register");
-            Ok(respond::json(
-                session,
-                201,
-                &serde_json::json!({ "user": user }),
-                true,
-                &rid,
-            )
-            .await)
+            Ok(user_response(session, 201, &user, &rid).await)
         }
         Endpoint::Login => {
             let body: Credentials = read_json(session).await?;
@@ -224,14 +217,7 @@ async fn dispatch(
         Endpoint::Me => {
             let caller = caller(shared, session).await?;
             let user = auth.me(&caller).await?;
-            Ok(respond::json(
-                session,
-                200,
-                &serde_json::json!({ "user": user }),
-                true,
-                &rid,
-            )
-            .await)
+            Ok(user_response(session, 200, &user, &rid).await)
         }
         Endpoint::Sessions => {
             let caller = caller(shared, session).await?;
@@ -259,23 +245,14 @@ async fn dispatch(
         }
         Endpoint::AdminUsers => {
             let caller = caller(shared, session).await?;
-            let query = session
-                .req_header()
-                .uri
-                .query()
-                .unwrap_or_default()
-                .to_string();
-            let mut limit = None;
-            let mut cursor = None;
-            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-                match k.as_ref() {
-                    "limit" => limit = Some(v.into_owned()),
-                    "cursor" if !v.is_empty() => cursor = Some(v.into_owned()),
-                    _ => {}
-                }
-            }
+            let query = query_pairs(session);
+            let cursor = query.get("cursor").filter(|c| !c.is_empty());
             let page = auth
-                .admin_list_users(&caller, limit.as_deref(), cursor.as_deref())
+                .admin_list_users(
+                    &caller,
+                    query.get("limit").map(String::as_str),
+                    cursor.map(String::as_str),
+                )
                 .await?;
             Ok(respond::json(session, 200, &page, true, &rid).await)
         }
@@ -295,14 +272,7 @@ async fn dispatch(
                     },
                 )
                 .await?;
-            Ok(respond::json(
-                session,
-                200,
-                &serde_json::json!({ "user": user }),
-                true,
-                &rid,
-            )
-            .await)
+            Ok(user_response(session, 200, &user, &rid).await)
         }
         Endpoint::OidcLogin(name) => {
             let query = query_pairs(session);
@@ -333,6 +303,18 @@ async fn dispatch(
             Ok(respond::empty(session, 204, &rid).await)
         }
     }
+}
+
+/// `{"user": User}` with `status`.
+async fn user_response(session: &mut Session, status: u16, user: &User, rid: &str) -> u16 {
+    respond::json(
+        session,
+        status,
+        &serde_json::json!({ "user": user }),
+        true,
+        rid,
+    )
+    .await
 }
 
 /// The request's query parameters (first value of each name).
