@@ -22,6 +22,7 @@ Benchmarks section (between the bench:begin/bench:end markers) with DIR/results.
 import argparse
 import base64
 import datetime
+import fcntl
 import http.client
 import json
 import os
@@ -41,6 +42,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "bench-password-0123456789"
+LOCK_PATH = os.path.join(tempfile.gettempdir(), "portcullis-load-bench.lock")
 API_PATH = "/api/bench"
 PUBLIC_PATH = "/public/bench"
 
@@ -129,14 +131,18 @@ def tree_pids(pid):
     return out
 
 
-def disturbance():
-    """1-minute load average and the number of cargo/rustc/clippy processes (never ours)."""
+def disturbance(ours=()):
+    """1-minute load average and the number of processes that are not ours and compete: cargo,
+    rustc, clippy, and other portcullis/wrk/haproxy instances (another benchmark)."""
+    mine = set()
+    for pid in ours:
+        mine.update(tree_pids(pid))
     builds = 0
     for p in os.listdir("/proc"):
-        if p.isdigit():
+        if p.isdigit() and int(p) not in mine:
             try:
                 with open(f"/proc/{p}/comm") as f:
-                    if f.read().strip() in ("cargo", "rustc", "clippy-driver", "cargo-clippy"):
+                    if f.read().strip() in ("cargo", "rustc", "clippy-driver", "cargo-clippy", "portcullis", "wrk", "haproxy"):
                         builds += 1
             except OSError:
                 pass
@@ -600,7 +606,7 @@ def measure_targets(args, loader, targets, procs_by_target, notes):
         order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
         for t in order:
             pid = procs_by_target.get(t["name"])
-            load, builds = disturbance()
+            load, builds = disturbance(procs_by_target.values())
             c0 = cpu_seconds(pid) if pid else None
             res = summarize(loader.run(t["url"], args.connections, args.duration, t["headers"], threads=args.wrk_threads))
             if pid:
@@ -616,7 +622,10 @@ def measure_targets(args, loader, targets, procs_by_target, notes):
             )
     disturbed = sum(1 for rs in runs.values() for r in rs if r["builds_running"])
     if disturbed:
-        notes.append(f"{disturbed} measured runs had someone else's cargo/rustc running (runs[].builds_running in results.json)")
+        notes.append(
+            f"{disturbed} measured runs had someone else's cargo/rustc or another portcullis/wrk/haproxy "
+            "running (runs[].builds_running in results.json)"
+        )
     out = []
     for t in targets:
         rs = runs[t["name"]]
@@ -1165,6 +1174,18 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
+    # One benchmark at a time on a machine: a full run waits for the lock; a smoke run (CI, must
+    # stay short) only notes that another run is going on.
+    lock = open(LOCK_PATH, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        if args.smoke:
+            notes.append("another load-harness run held the lock: numbers disturbed")
+        else:
+            log(f"another load-harness run holds {LOCK_PATH}: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+
     def watchdog():
         log(f"hard timeout ({args.hard_timeout:.0f} s) reached: stopping")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -1173,10 +1194,10 @@ def main():
     timer.daemon = True
     timer.start()
 
-    # DROP DATABASE forces a checkpoint (tens of seconds on a busy machine): the full run drops
-    # its database once before it starts; smoke runs share one that is never dropped (every run
+    # DROP DATABASE forces a checkpoint (tens of seconds on a busy machine): a full run uses its
+    # own database and drops it at the end; smoke runs share one that is never dropped (every run
     # registers its own user).
-    db_name = "portcullis_bench_smoke" if args.smoke else "portcullis_bench_load"
+    db_name = "portcullis_bench_smoke" if args.smoke else f"portcullis_bench_load_{os.getpid()}"
     db_url, admin_url = db_urls(db_name)
     try:
         return run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_url)
@@ -1184,7 +1205,10 @@ def main():
         timer.cancel()
         t0 = time.monotonic()
         procs.stop_all()
+        if not args.smoke:
+            drop_database(admin_url, db_name)
         log(f"cleanup took {time.monotonic() - t0:.1f} s")
+        lock.close()
         if args.smoke:
             log(f"smoke outputs and logs in {tmp}")
         else:
@@ -1226,8 +1250,6 @@ def run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_u
     log(f"upstream: {upstream_kind} on 127.0.0.1:{up_port}")
 
     # gateway A
-    if not args.smoke and not drop_database(admin_url, db_name):
-        notes.append(f"could not drop the bench database {db_name} before the run (no psql?)")
     keys_dir = os.path.join(tmp, "keys")
     os.makedirs(keys_dir, exist_ok=True)
     gw = Gateway(procs, tmp, "gateway-a", binary, proxy_cpu, db_url, keys_dir, up_port)
