@@ -1,11 +1,10 @@
-//! argon2id hashing on a bounded blocking pool: at most `max_concurrent_hashes` hashes run at
-//! once, on tokio's blocking threads, so a login storm queues here instead of stalling the
-//! proxy's workers.
+//! argon2id hashing on a bounded pool of its own: `max_concurrent_hashes` threads (rayon) at a
+//! lower CPU priority, so a login storm queues here and yields the CPU to proxying instead of
+//! stalling Pingora's workers.
 
 use std::sync::Arc;
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
-use tokio::sync::Semaphore;
 
 use crate::config::Passwords;
 
@@ -27,7 +26,7 @@ pub struct Verified {
 #[derive(Clone)]
 pub struct Hasher {
     params: Params,
-    permits: Arc<Semaphore>,
+    pool: Arc<rayon::ThreadPool>,
     /// Hash of a random password, verified for unknown accounts so they cost the same time.
     dummy: Arc<str>,
 }
@@ -50,10 +49,16 @@ impl Hasher {
             None,
         )
         .map_err(|e| HashError(e.to_string()))?;
-        let permits = match cfg.max_concurrent_hashes {
+        let threads = match cfg.max_concurrent_hashes {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("argon2-{i}"))
+            .start_handler(|_| lower_thread_priority())
+            .build()
+            .map_err(|e| HashError(e.to_string()))?;
         let dummy_password: [u8; 16] = rand::random();
         let dummy = argon(&params)
             .hash_password(&dummy_password)
@@ -61,7 +66,7 @@ impl Hasher {
             .to_string();
         Ok(Hasher {
             params,
-            permits: Arc::new(Semaphore::new(permits)),
+            pool: Arc::new(pool),
             dummy: dummy.into(),
         })
     }
@@ -119,14 +124,25 @@ impl Hasher {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| HashError(e.to_string()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| HashError(e.to_string()))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pool.spawn(move || {
+            let _ = tx.send(work());
+        });
+        rx.await
+            .map_err(|_| HashError("the hashing pool dropped the job".into()))
+    }
+}
+
+/// Nice 10 for the calling thread: hashing gets the CPU proxying leaves over (on Linux the
+/// priority is per thread). Failure only costs the preference, so it is logged and ignored.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority with who = 0 changes only the calling thread's nice value.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if rc != 0 {
+            tracing::debug!("could not lower the hashing thread's priority");
+        }
     }
 }
 
