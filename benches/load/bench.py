@@ -133,7 +133,7 @@ def tree_pids(pid):
 
 def disturbance(ours=()):
     """1-minute load average and the number of processes that are not ours and compete: cargo,
-    rustc, clippy, and other portcullis/wrk/haproxy instances (another benchmark)."""
+    rustc, clippy, and other portcullis/wrk instances (another benchmark)."""
     mine = set()
     for pid in ours:
         mine.update(tree_pids(pid))
@@ -142,7 +142,7 @@ def disturbance(ours=()):
         if p.isdigit() and int(p) not in mine:
             try:
                 with open(f"/proc/{p}/comm") as f:
-                    if f.read().strip() in ("cargo", "rustc", "clippy-driver", "cargo-clippy", "portcullis", "wrk", "haproxy"):
+                    if f.read().strip() in ("cargo", "rustc", "clippy-driver", "cargo-clippy", "portcullis", "wrk"):
                         builds += 1
             except OSError:
                 pass
@@ -623,7 +623,7 @@ def measure_targets(args, loader, targets, procs_by_target, notes):
     disturbed = sum(1 for rs in runs.values() for r in rs if r["builds_running"])
     if disturbed:
         notes.append(
-            f"{disturbed} measured runs had someone else's cargo/rustc or another portcullis/wrk/haproxy "
+            f"{disturbed} measured runs had someone else's cargo/rustc or another portcullis/wrk "
             "running (runs[].builds_running in results.json)"
         )
     out = []
@@ -781,9 +781,24 @@ def measure_refresh(args, loader, gw, email, tmp):
     return res
 
 
+def revocation_cache_counts(gw):
+    """portcullis_revocation_cache_total{result} from an instance's /metrics, or None."""
+    try:
+        st, body = request(gw.admin_port, "GET", "/metrics")
+    except OSError:
+        return None
+    counts = {"hit": 0, "miss": 0}
+    for line in body.decode(errors="replace").splitlines():
+        m = re.match(r'portcullis_revocation_cache_total\{result="(hit|miss)"\}\s+([0-9.e+]+)', line)
+        if m:
+            counts[m.group(1)] = int(float(m.group(2)))
+    return counts if st == 200 else None
+
+
 def measure_revocation(args, gw_a, gw_b, email):
     """Warm B with a 200, log out via A, poll B until 401; latency from A's 204 to B's 401."""
     lat_done, lat_sent, timeouts, bad = [], [], 0, 0
+    cache_before = revocation_cache_counts(gw_b)
     ca = http.client.HTTPConnection("127.0.0.1", gw_a.port, timeout=10)
     cb = http.client.HTTPConnection("127.0.0.1", gw_b.port, timeout=10)
     polls = []
@@ -835,6 +850,11 @@ def measure_revocation(args, gw_a, gw_b, email):
         "from_logout_sent_p99_ms": pct(lat_sent, 99),
         "polls_median": median(polls),
     }
+    cache_after = revocation_cache_counts(gw_b)
+    if cache_before is not None and cache_after is not None:
+        # B's revocation cache during the measurement: one miss per warm-up request is expected;
+        # the polls after the logout should need no database query.
+        out["instance_b_cache"] = {k: cache_after[k] - cache_before[k] for k in cache_after}
     log(f"revocation propagation: p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms over {len(lat_done)} (timeouts {timeouts})")
     return out
 
@@ -1007,7 +1027,14 @@ def render_md(res):
         lines.append(
             f"- Revocation propagation (logout via instance A → 401 on instance B, same database, "
             f"{rv['revocations']} revocations): p50 {fmt(rv['p50_ms'], '{:.1f}')} ms, p90 {fmt(rv['p90_ms'], '{:.1f}')} ms, "
-            f"p99 {fmt(rv['p99_ms'], '{:.1f}')} ms, max {fmt(rv['max_ms'], '{:.1f}')} ms; timeouts ({rv['timeout_s']} s) {rv['timeouts']}."
+            f"p99 {fmt(rv['p99_ms'], '{:.1f}')} ms, max {fmt(rv['max_ms'], '{:.1f}')} ms; timeouts ({rv['timeout_s']} s) {rv['timeouts']}; "
+            f"median polls of B until the 401: {fmt(rv['polls_median'], '{:g}')}"
+            + (
+                f"; B's revocation cache meanwhile: {rv['instance_b_cache']['hit']} hits, {rv['instance_b_cache']['miss']} misses"
+                if rv.get("instance_b_cache")
+                else ""
+            )
+            + "."
         )
     for n in res["notes"]:
         lines.append(f"- Note: {n}")

@@ -54,11 +54,12 @@ if ! command -v python3 >/dev/null; then
   apt_install python3-minimal || { say "python3 cannot be installed: harness cannot run"; exit 1; }
 fi
 
-# Quiet machine: no cargo/rustc/clippy we did not start and 1-minute load average < 0.7.
+# Quiet machine: no cargo/rustc/clippy (nor another benchmark's wrk) and a
+# 1-minute load average < 0.7.
 quiet_wait() { # max seconds; prints what it found
   local max=$1 start=$SECONDS others load
   while :; do
-    others=$(pgrep -x 'cargo|rustc|clippy-driver' 2>/dev/null | tr '\n' ' ' || true)
+    others=$(pgrep -x 'cargo|rustc|clippy-driver|wrk' 2>/dev/null | tr '\n' ' ' || true)
     load=$(cut -d' ' -f1 /proc/loadavg)
     if [ -z "$others" ] && awk -v l="$load" 'BEGIN { exit !(l < 0.7) }'; then
       echo "quiet after $((SECONDS - start)) s (load $load)"
