@@ -1155,6 +1155,7 @@ def parse_args():
     ap.add_argument("--upstream", choices=["auto", "python"], default="auto")
     ap.add_argument("--no-peers", action="store_true", help="skip nginx proxy_pass and HAProxy")
     ap.add_argument("--profile", action="store_true", help="after the run, perf-profile the gateway on the protected route")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs; smoke results)")
     ap.add_argument("--out", help="output directory (full: benches/results; smoke: a temp dir)")
     ap.add_argument("--quiet-wait", default="", help="what run.sh's quiet-machine wait found (recorded)")
     ap.add_argument("--hard-timeout", type=float, help="kill everything after this many seconds")
@@ -1226,8 +1227,10 @@ def main():
     # registers its own user).
     db_name = "portcullis_bench_smoke" if args.smoke else f"portcullis_bench_load_{os.getpid()}"
     db_url, admin_url = db_urls(db_name)
+    rc = 1
     try:
-        return run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_url)
+        rc = run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_url)
+        return rc
     finally:
         timer.cancel()
         t0 = time.monotonic()
@@ -1236,10 +1239,12 @@ def main():
             drop_database(admin_url, db_name)
         log(f"cleanup took {time.monotonic() - t0:.1f} s")
         lock.close()
-        if args.smoke:
-            log(f"smoke outputs and logs in {tmp}")
+        if args.keep or (args.smoke and rc != 0):
+            log(f"outputs and logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+            if args.smoke:
+                log("temp dir removed (--keep keeps it)")
 
 
 def run(args, mode, binary, tmp, out_dir, procs, notes, db_name, db_url, admin_url):
