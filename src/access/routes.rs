@@ -1,6 +1,7 @@
 //! The route table, built once per config load: longest prefix first, then routes with a
 //! host, then routes with methods; the first route that matches wins.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::Method;
@@ -58,10 +59,16 @@ impl RouteEntry {
     }
 }
 
-/// All routes in match order.
+/// Routes sharing one prefix length, by prefix, each list in match order.
+type ByPrefix = HashMap<String, Vec<Arc<RouteEntry>>>;
+
+/// All routes, indexed for matching: for each prefix length (longest first), the routes with
+/// that exact prefix in match order. A lookup is one hash probe per distinct prefix length
+/// instead of a scan of every route.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    entries: Vec<Arc<RouteEntry>>,
+    by_length: Vec<(usize, ByPrefix)>,
+    count: usize,
 }
 
 /// The host of a `Host` header value: port removed, IPv6 brackets kept.
@@ -96,14 +103,22 @@ impl Routes {
                 })
             })
             .collect();
-        entries.sort_by_key(|e| {
-            (
-                std::cmp::Reverse(e.prefix.len()),
-                e.host.is_none(),
-                e.methods.is_empty(),
-            )
-        });
-        Routes { entries }
+        // Within one prefix: routes with a host first, then routes with methods.
+        entries.sort_by_key(|e| (e.host.is_none(), e.methods.is_empty()));
+        let count = entries.len();
+        let mut index: BTreeMap<usize, ByPrefix> = BTreeMap::new();
+        for entry in entries {
+            index
+                .entry(entry.prefix.len())
+                .or_default()
+                .entry(entry.prefix.clone())
+                .or_default()
+                .push(entry);
+        }
+        Routes {
+            by_length: index.into_iter().rev().collect(),
+            count,
+        }
     }
 
     /// The route for a request; `host` is the Host header (port ignored).
@@ -114,17 +129,22 @@ impl Routes {
         path: &str,
     ) -> Option<&Arc<RouteEntry>> {
         let host = host.map(host_without_port);
-        self.entries.iter().find(|e| e.matches(host, method, path))
+        self.by_length
+            .iter()
+            .filter(|(len, _)| *len <= path.len() && path.is_char_boundary(*len))
+            .filter_map(|(len, routes)| routes.get(&path[..*len]))
+            .flat_map(|candidates| candidates.iter())
+            .find(|e| e.matches(host, method, path))
     }
 
     /// Number of routes.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     /// Whether there are no routes (everything is 404).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
     }
 }
 
@@ -188,6 +208,25 @@ mod tests {
         let e = routes.find(None, &Method::GET, "/svc/a/b").unwrap();
         assert_eq!(e.upstream_path("/svc/a/b"), "/a/b");
         assert_eq!(e.upstream_path("/svc/"), "/");
+    }
+
+    #[test]
+    fn prefixes_are_plain_string_prefixes_even_mid_segment_or_mid_character() {
+        let routes = Routes::new(&[route("/api", None, &[]), route("/caf\u{e9}/", None, &[])]);
+        assert_eq!(
+            routes.find(None, &Method::GET, "/apix").unwrap().prefix,
+            "/api"
+        );
+        assert_eq!(
+            routes
+                .find(None, &Method::GET, "/caf\u{e9}/x")
+                .unwrap()
+                .prefix,
+            "/caf\u{e9}/"
+        );
+        // "/caf" + the first byte of "é" is not a character boundary: no panic, no match.
+        assert!(routes.find(None, &Method::GET, "/caf\u{e8}").is_none());
+        assert_eq!(routes.len(), 2);
     }
 
     #[test]
