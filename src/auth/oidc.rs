@@ -246,12 +246,20 @@ impl OidcService {
         let id_token = response
             .id_token()
             .ok_or_else(|| OidcError::InvalidIdToken("no id_token in the token response".into()))?;
-        let claims = id_token
-            .claims(
-                &client.id_token_verifier(),
-                &Nonce::new(pending.nonce.clone()),
-            )
-            .map_err(|e| OidcError::InvalidIdToken(e.to_string()))?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let claims = match id_token.claims(&client.id_token_verifier(), &nonce) {
+            Ok(claims) => claims,
+            Err(first) => {
+                // The provider may have rotated its keys since discovery was cached: fetch the
+                // metadata (and JWKS) again and verify once more before refusing.
+                tracing::info!(error = %first, provider = name, "ID token did not verify; refreshing provider keys");
+                self.metadata.invalidate(&provider.name).await;
+                let fresh = self.client(provider).await?;
+                id_token
+                    .claims(&fresh.id_token_verifier(), &nonce)
+                    .map_err(|e| OidcError::InvalidIdToken(e.to_string()))?
+            }
+        };
         let subject = claims.subject().as_str().to_string();
         let email = match claims.email() {
             Some(e) => Some(email::parse(e.as_str()).map_err(|m| {

@@ -32,37 +32,61 @@ struct Grant {
     challenge: String,
 }
 
+/// The provider's signing keys: the newest signs, all are published.
+struct IdpKeys {
+    dir: tempfile::TempDir,
+    signer: jsonwebtoken::EncodingKey,
+    kid: String,
+    jwks: Value,
+}
+
+impl IdpKeys {
+    fn new() -> IdpKeys {
+        let dir = tempfile::tempdir().unwrap();
+        let (signer, kid, jwks) = Self::add_key(&dir);
+        IdpKeys {
+            dir,
+            signer,
+            kid,
+            jwks,
+        }
+    }
+
+    /// Writes a new ES256 key; returns it as the signer plus the JWKS of every key.
+    fn add_key(dir: &tempfile::TempDir) -> (jsonwebtoken::EncodingKey, String, Value) {
+        let (kid, path) =
+            portcullis::tokens::generate_key(dir.path(), portcullis::config::Algorithm::ES256)
+                .unwrap();
+        let signer = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(path).unwrap()).unwrap();
+        let jwks = portcullis::tokens::TokenService::new(&portcullis::config::Tokens {
+            algorithm: portcullis::config::Algorithm::ES256,
+            keys_dir: dir.path().display().to_string(),
+            ..Default::default()
+        })
+        .unwrap()
+        .jwks();
+        (signer, kid, jwks)
+    }
+
+    fn rotate(&mut self) {
+        (self.signer, self.kid, self.jwks) = Self::add_key(&self.dir);
+    }
+}
+
 /// A minimal OpenID provider.
 struct Idp {
     issuer: String,
     grants: Arc<Mutex<HashMap<String, Grant>>>,
-    _keys: tempfile::TempDir,
+    keys: Arc<Mutex<IdpKeys>>,
 }
 
 impl Idp {
     async fn start() -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let keys = tempfile::tempdir().unwrap();
-        let (kid, path) =
-            portcullis::tokens::generate_key(keys.path(), portcullis::config::Algorithm::ES256)
-                .unwrap();
-        let signer = jsonwebtoken::EncodingKey::from_ec_pem(&std::fs::read(path).unwrap()).unwrap();
-        let tokens = portcullis::tokens::TokenService::new(&portcullis::config::Tokens {
-            algorithm: portcullis::config::Algorithm::ES256,
-            keys_dir: keys.path().display().to_string(),
-            ..Default::default()
-        })
-        .unwrap();
-        let jwks = tokens.jwks();
+        let keys = Arc::new(Mutex::new(IdpKeys::new()));
         let grants: Arc<Mutex<HashMap<String, Grant>>> = Arc::default();
-        let state = (
-            issuer.clone(),
-            grants.clone(),
-            Arc::new(signer),
-            Arc::new(jwks),
-            kid,
-        );
+        let state = (issuer.clone(), grants.clone(), keys.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -71,7 +95,7 @@ impl Idp {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (issuer, grants, signer, jwks, kid) = state.clone();
+                        let (issuer, grants, keys) = state.clone();
                         async move {
                             let path = req.uri().path().to_string();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -88,8 +112,11 @@ impl Idp {
                                         "id_token_signing_alg_values_supported": ["ES256"],
                                     }),
                                 ),
-                                "/jwks" => (200, (*jwks).clone()),
-                                "/token" => token(&issuer, &grants, &signer, &kid, &body),
+                                "/jwks" => (200, keys.lock().unwrap().jwks.clone()),
+                                "/token" => {
+                                    let keys = keys.lock().unwrap();
+                                    token(&issuer, &grants, &keys.signer, &keys.kid, &body)
+                                }
                                 _ => (404, json!({"error": "not_found"})),
                             };
                             let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
@@ -108,7 +135,7 @@ impl Idp {
         Idp {
             issuer,
             grants,
-            _keys: keys,
+            keys,
         }
     }
 
@@ -404,4 +431,23 @@ async fn bad_redirects_states_and_codes_are_refused_without_side_effects() {
         .await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_token");
+}
+
+#[tokio::test]
+async fn a_provider_key_rotation_is_picked_up_without_a_restart() {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let who = Identity {
+        sub: "rot".into(),
+        email: "rot@example.com".into(),
+        email_verified: true,
+    };
+    let first = login_through(&gw, &idp, who.clone()).await;
+    assert!(query_param(first.headers()["location"].to_str().unwrap(), "login_code").is_some());
+    // The provider now signs with a key the gateway's cached discovery has never seen.
+    idp.keys.lock().unwrap().rotate();
+    let second = login_through(&gw, &idp, who).await;
+    assert_eq!(second.status(), 302);
+    let location = second.headers()["location"].to_str().unwrap().to_string();
+    assert!(query_param(&location, "login_code").is_some(), "{location}");
 }
