@@ -87,9 +87,17 @@ impl RevocationCache {
     pub fn apply(&self, event: RevocationEvent) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match event {
-            RevocationEvent::Session(sid) => {
-                self.cache.invalidate_entries_if(move |k, _| *k == sid).ok();
-            }
+            RevocationEvent::Session(sid) => match tokio::runtime::Handle::try_current() {
+                // One key: a direct invalidation, instead of registering a predicate that every
+                // later read would have to evaluate until housekeeping runs.
+                Ok(runtime) => {
+                    let cache = self.cache.clone();
+                    runtime.spawn(async move { cache.invalidate(&sid).await });
+                }
+                Err(_) => {
+                    let _ = self.cache.invalidate_entries_if(move |k, _| *k == sid);
+                }
+            },
             RevocationEvent::User(uid) => {
                 let _ = self.cache.invalidate_entries_if(move |_, v| {
                     v.status.as_ref().is_none_or(|s| s.user_id == uid)
