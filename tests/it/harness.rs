@@ -514,28 +514,23 @@ impl Gateway {
         req.send().await.unwrap()
     }
 
+    /// POSTs `{email, password}` to `path`, checks the status and returns the body.
+    async fn credentials(&self, path: &str, email: &str, password: &str, status: u16) -> Value {
+        let body = serde_json::json!({"email": email, "password": password});
+        let r = self.post(path, body).await;
+        assert_eq!(r.status(), status, "{path} {email}");
+        r.json().await.unwrap()
+    }
+
     /// Registers an account and checks the 201.
     pub async fn register(&self, email: &str, password: &str) -> Value {
-        let r = self
-            .post(
-                "/auth/register",
-                serde_json::json!({"email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(r.status(), 201, "register {email}");
-        r.json().await.unwrap()
+        self.credentials("/auth/register", email, password, 201)
+            .await
     }
 
     /// Logs in and returns the TokenPair.
     pub async fn login(&self, email: &str, password: &str) -> Value {
-        let r = self
-            .post(
-                "/auth/login",
-                serde_json::json!({"email": email, "password": password}),
-            )
-            .await;
-        assert_eq!(r.status(), 200, "login {email}");
-        r.json().await.unwrap()
+        self.credentials("/auth/login", email, password, 200).await
     }
 
     /// Registers and logs in a fresh user; returns the TokenPair.
