@@ -44,7 +44,8 @@ pub struct Server {
     pub admin_listen: SocketAddr,
     /// Worker threads of the proxy service.
     pub threads: usize,
-    /// CIDRs whose `X-Forwarded-For` is believed.
+    /// CIDRs (or single addresses) whose `X-Forwarded-For` is believed.
+    #[serde(deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long SIGTERM lets in-flight requests run before exiting.
     pub shutdown_grace_secs: u64,
@@ -60,6 +61,18 @@ impl Default for Server {
             shutdown_grace_secs: 5,
         }
     }
+}
+
+/// CIDRs, where a bare address means just that address (`/32` or `/128`).
+fn cidrs<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(de)?
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a CIDR or IP address")))
+        })
+        .collect()
 }
 
 /// `[database]`

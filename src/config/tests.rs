@@ -210,3 +210,19 @@ fn readme_documents_every_config_key() {
         "README's config reference misses {missing:?}"
     );
 }
+
+#[test]
+fn a_bare_trusted_proxy_address_means_that_one_address() {
+    let config = Config::parse(&shipped_with(
+        "trusted_proxies = []",
+        "trusted_proxies = [\"10.1.2.3\", \"fd00::/8\"]",
+    ))
+    .unwrap();
+    let nets: Vec<String> = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, vec!["10.1.2.3/32", "fd00::/8"]);
+}

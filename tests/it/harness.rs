@@ -282,6 +282,8 @@ pub struct Options {
     pub default_routes: bool,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Extra keys for the `[server]` table (e.g. `trusted_proxies`).
+    pub server: String,
 }
 
 impl Options {
@@ -294,6 +296,7 @@ impl Options {
             revocation: "cache_ttl_secs = 30\n".into(),
             default_routes: true,
             env: Vec::new(),
+            server: String::new(),
         }
     }
 }
@@ -348,6 +351,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 threads = 2
 shutdown_grace_secs = 1
+{server}
 
 [database]
 url = "{db_url}"
@@ -376,6 +380,7 @@ read_timeout_ms = 1000
 {extra}
 "#,
         keys = keys_dir.display(),
+        server = opts.server,
         tokens = opts.tokens,
         revocation = opts.revocation,
         rate_limit = opts.rate_limit,

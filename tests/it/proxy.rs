@@ -1568,3 +1568,50 @@ async fn metrics_count_requests_upstream_time_denials_cache_lookups_and_pool_con
     assert!(pool >= 1.0, "pool gauges: {m:?}");
     assert!(m.contains_key("portcullis_db_pool_connections{state=\"in_use\"}"));
 }
+
+#[tokio::test]
+async fn a_trusted_proxy_extends_x_forwarded_for_and_names_the_client_for_sessions() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.server = "trusted_proxies = [\"127.0.0.0/8\"]".into();
+    let gw = Gateway::start(opts).await;
+    let pair = gw.user("behind-proxy@example.com").await;
+
+    let r = gw
+        .http
+        .get(gw.url("/public/x"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        echo.last().header("x-forwarded-for"),
+        vec!["203.0.113.9, 127.0.0.1".to_string()],
+        "the trusted peer is appended to the client's chain"
+    );
+
+    // The client address behind the trusted proxy is what the session records.
+    let login = gw
+        .http
+        .post(gw.url("/auth/login"))
+        .header("X-Forwarded-For", "198.51.100.23")
+        .json(&json!({"email": "behind-proxy@example.com", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let sessions: Value = gw
+        .get("/auth/sessions", Some(access(&pair)))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ips: Vec<&str> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["ip"].as_str())
+        .collect();
+    assert!(ips.contains(&"198.51.100.23"), "{ips:?}");
+}
