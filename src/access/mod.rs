@@ -12,7 +12,6 @@ pub use revocation::{Lookup, RevocationCache};
 pub use routes::{RouteEntry, Routes};
 
 use crate::config::OnDbError;
-use crate::model::Role;
 use crate::tokens::{Claims, TokenService, VerifyError};
 
 /// Why a request was not let through; each maps to one response in `proxy::respond`.
@@ -162,22 +161,15 @@ impl Authorizer {
             (AuthMode::Optional, None) => Ok(None),
             (AuthMode::Required, None) => Err(Denial::MissingToken),
             (_, Some(token)) => {
+                // Required or optional with a token: the token must be valid and the role allowed.
                 let auth = self.authenticate(token).await?;
-                if route.auth == AuthMode::Required && !route.allows(auth.claims.role) {
-                    return Err(Denial::InsufficientRole);
-                }
-                if route.auth == AuthMode::Optional && !route.allows(auth.claims.role) {
+                if !route.allows(auth.claims.role) {
                     return Err(Denial::InsufficientRole);
                 }
                 Ok(Some(auth))
             }
         }
     }
-}
-
-/// Whether `role` is one of `roles` (empty = everyone).
-pub fn role_allowed(roles: &[Role], role: Role) -> bool {
-    roles.is_empty() || roles.contains(&role)
 }
 
 #[cfg(test)]
