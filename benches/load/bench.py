@@ -304,8 +304,9 @@ def median(xs):
 # servers
 
 
-def start_nginx_upstream(procs, tmp, cpu, port):
-    prefix = os.path.join(tmp, "nginx-upstream")
+def start_nginx(procs, name, tmp, cpu, http_body):
+    """One nginx instance (1 worker, own prefix, no access log) serving `http_body`."""
+    prefix = os.path.join(tmp, name)
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = f"""{user}worker_processes 1;
@@ -322,40 +323,27 @@ http {{
   scgi_temp_path {prefix}/scgi;
   keepalive_requests 10000000;
   keepalive_timeout 120s;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    location / {{
-      default_type application/json;
-      return 200 '{{"ok":true}}\\n';
-    }}
-  }}
+{http_body}
 }}
 """
     path = os.path.join(prefix, "nginx.conf")
     with open(path, "w") as f:
         f.write(conf)
-    return procs.start("nginx-upstream", ["nginx", "-p", prefix, "-c", path], cpu=cpu)
+    return procs.start(name, ["nginx", "-p", prefix, "-c", path], cpu=cpu)
+
+
+def start_nginx_upstream(procs, tmp, cpu, port):
+    return start_nginx(procs, "nginx-upstream", tmp, cpu, f"""  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      default_type application/json;
+      return 200 '{{"ok":true}}\\n';
+    }}
+  }}""")
 
 
 def start_nginx_proxy(procs, tmp, cpu, port, upstream_port):
-    prefix = os.path.join(tmp, "nginx-proxy")
-    os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = f"""{user}worker_processes 1;
-daemon off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  upstream up {{
+    return start_nginx(procs, "nginx-proxy", tmp, cpu, f"""  upstream up {{
     server 127.0.0.1:{upstream_port};
     keepalive 128;
     keepalive_requests 10000000;
@@ -367,13 +355,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
-  }}
-}}
-"""
-    path = os.path.join(prefix, "nginx.conf")
-    with open(path, "w") as f:
-        f.write(conf)
-    return procs.start("nginx-proxy", ["nginx", "-p", prefix, "-c", path], cpu=cpu)
+  }}""")
 
 
 def start_haproxy(procs, tmp, cpu, port, upstream_port, pubkey, issuer, audience):

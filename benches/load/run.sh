@@ -74,6 +74,18 @@ quiet_wait() { # max seconds; prints what it found
   done
 }
 
+# Builds the raw-argon2 reference bench (`cargo test` or `cargo bench` profile) and prints its
+# executable; prints nothing when it cannot be built (the harness then notes it and goes on).
+argon2_rate_binary() { # test|bench
+  timeout 600 cargo "$1" --quiet --bench argon2_rate --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "argon2_rate" and m.get("executable"): print(m["executable"])' \
+    | tail -n 1 || true
+}
+
 if [ "$smoke" = 1 ]; then
   binary=target/debug/portcullis
   if [ ! -x "$binary" ]; then
@@ -82,13 +94,7 @@ if [ "$smoke" = 1 ]; then
   fi
   # The raw-argon2 reference in the test profile (argon2 is opt-level 3 there too); reuses what
   # `cargo test` built. Not essential: skipped with a note when it cannot be built.
-  argon2_bin=$(timeout 120 cargo test --quiet --bench argon2_rate --no-run --message-format=json 2>/dev/null \
-    | python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "argon2_rate" and m.get("executable"): print(m["executable"])' \
-    | tail -n 1 || true)
+  argon2_bin=$(argon2_rate_binary test)
   exec python3 benches/load/bench.py --binary "$binary" ${argon2_bin:+--argon2-bin "$argon2_bin"} "${pass[@]}"
 fi
 
@@ -119,13 +125,7 @@ if [ "$build" = 1 ]; then
   say "cargo build --release"
   cargo build --release --quiet
 fi
-argon2_bin=$(cargo bench --quiet --bench argon2_rate --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for l in sys.stdin:
-    try: m = json.loads(l)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "argon2_rate" and m.get("executable"): print(m["executable"])' \
-  | tail -n 1 || true)
+argon2_bin=$(argon2_rate_binary bench)
 
 if [ "$wait_quiet" = 1 ]; then
   # our own build just loaded the machine: let the load average settle again

@@ -38,8 +38,8 @@ fn template_name() -> String {
     format!("pt_tmpl_{}", std::process::id())
 }
 
-/// Runs SQL against the server's admin database.
-pub async fn admin_exec(sql: &str) {
+/// A connection to the server's admin database; fails loudly, saying how to start PostgreSQL.
+async fn admin_client() -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls)
         .await
         .unwrap_or_else(|e| {
@@ -51,6 +51,12 @@ pub async fn admin_exec(sql: &str) {
         });
     tokio::spawn(conn);
     client
+}
+
+/// Runs SQL against the server's admin database.
+pub async fn admin_exec(sql: &str) {
+    admin_client()
+        .await
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -107,16 +113,7 @@ fn ensure_template() -> &'static str {
 }
 
 async fn drop_stale_databases() {
-    let (client, conn) = tokio_postgres::connect(&admin_url(), NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL is not reachable at {} ({e}). Start it with: \
-             pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
-                admin_url()
-            )
-        });
-    tokio::spawn(conn);
+    let client = admin_client().await;
     let rows = client
         .query(
             "SELECT datname FROM pg_database WHERE datname LIKE 'pt\\_%'",
