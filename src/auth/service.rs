@@ -156,11 +156,6 @@ impl AuthService {
         &self.tokens
     }
 
-    /// Length rules for passwords (see [`check_password_bounds`]).
-    pub fn check_password_bounds(&self, password: &str, field: &str) -> Result<(), AuthError> {
-        check_password_bounds(&self.passwords, password, field)
-    }
-
     fn limit_ip(&self, kind: Kind, client: &ClientInfo, per_minute: u32) -> Result<(), AuthError> {
         match client.ip {
             Some(ip) => self
@@ -370,7 +365,7 @@ impl AuthService {
         current: String,
         new: String,
     ) -> Result<(), AuthError> {
-        self.check_password_bounds(&new, "new_password")?;
+        check_password_bounds(&self.passwords, &new, "new_password")?;
         let stored = self
             .store
             .find_user(caller.sub)
