@@ -156,15 +156,25 @@ impl Store {
                 if grace_secs > 0
                     && now - used <= Duration::seconds(grace_secs.min(i64::MAX as u64) as i64) =>
             {
-                // Benign race (two tabs): hand out the same successor, never a second one.
-                let live = tx
+                // Benign race (two tabs): hand out the same successor, never a second one —
+                // and only while that successor is still the live token. Once it has been
+                // spent, the parent is an old token being walked forward: theft.
+                let successor_row = tx
                     .query_opt(
-                        "SELECT 1 FROM refresh_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                        "SELECT used_at IS NULL AS live FROM refresh_tokens
+                         WHERE token_hash = $1 AND revoked_at IS NULL
+                         FOR UPDATE",
                         &[&successor.hash],
                     )
                     .await?;
-                if live.is_none() {
-                    return Ok(RefreshOutcome::Invalid);
+                match successor_row {
+                    None => return Ok(RefreshOutcome::Invalid),
+                    Some(row) if !row.try_get::<_, bool>("live")? => {
+                        revoke_session(&tx, sid).await?;
+                        tx.commit().await?;
+                        return Ok(RefreshOutcome::Reused);
+                    }
+                    Some(_) => {}
                 }
             }
             Some(_) => {
