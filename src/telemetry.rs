@@ -4,13 +4,41 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Targets whose verbose output carries secrets, and the most verbose level each may log at,
+/// whatever `RUST_LOG` asks for: the database driver logs every statement's parameters at
+/// debug (password hashes, session secrets, refresh-token hashes); Pingora logs whole request
+/// headers (`Authorization` included) at trace.
+const SECRET_BEARING_TARGETS: &[(&str, tracing::Level)] = &[
+    ("tokio_postgres", tracing::Level::INFO),
+    ("postgres_protocol", tracing::Level::INFO),
+    ("pingora_core", tracing::Level::DEBUG),
+    ("pingora_proxy", tracing::Level::DEBUG),
+    ("pingora_http", tracing::Level::DEBUG),
+];
+
+/// Whether an event may be logged at all: drops the secret-bearing output at every level.
+pub fn may_log(target: &str, level: &tracing::Level) -> bool {
+    SECRET_BEARING_TARGETS.iter().all(|(t, cap)| {
+        level <= cap
+            || !(target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
+    })
+}
+
 /// Installs the tracing subscriber (`RUST_LOG` filters; default `info`). Idempotent.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter};
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
+    let guard = filter::filter_fn(|meta| may_log(meta.target(), meta.level()));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_filter(env)
+                .with_filter(guard),
+        )
         .try_init();
 }
 
@@ -138,5 +166,34 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_log;
+    use tracing::Level;
+
+    #[test]
+    fn the_database_drivers_parameter_logs_never_pass() {
+        for target in [
+            "tokio_postgres",
+            "tokio_postgres::query",
+            "postgres_protocol::x",
+        ] {
+            assert!(!may_log(target, &Level::DEBUG), "{target}");
+            assert!(!may_log(target, &Level::TRACE), "{target}");
+            assert!(may_log(target, &Level::WARN), "{target}");
+        }
+        assert!(may_log("tokio_postgresql", &Level::DEBUG));
+        assert!(!may_log(
+            "pingora_core::protocols::http::v1::server",
+            &Level::TRACE
+        ));
+        assert!(may_log(
+            "pingora_core::protocols::http::v1::server",
+            &Level::DEBUG
+        ));
+        assert!(may_log("portcullis::auth", &Level::TRACE));
     }
 }
