@@ -1004,6 +1004,141 @@ async fn refresh_token_replay_after_the_grace_window_revokes_the_whole_session()
 }
 
 #[tokio::test]
+async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() {
+    let (_echo, gw) = setup_with(|o| {
+        o.env.push(("RUST_LOG".into(), "trace".into()));
+    })
+    .await;
+    let email = "logged@x.io";
+    let new_password = "another-password-456";
+    let first = gw.user(email).await;
+    let second = refresh(&gw, refresh_token(&first)).await.expect(200);
+    get(&gw, "/auth/me", Some(access(&second)))
+        .await
+        .expect(200);
+    let proxied = gw
+        .http
+        .get(gw.url("/api/x"))
+        .bearer_auth(access(&second))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 200);
+    call(
+        &gw,
+        Method::POST,
+        "/auth/password",
+        Some(access(&second)),
+        Some(json!({"current_password": PASSWORD, "new_password": new_password})),
+    )
+    .await
+    .expect_no_content();
+    let third = gw.login(email, new_password).await;
+    post(
+        &gw,
+        "/auth/logout",
+        json!({"refresh_token": refresh_token(&third)}),
+    )
+    .await
+    .expect_no_content();
+
+    // Every secret the flow produced, in each form a log line could print it.
+    let db = connect(&gw.db_url).await;
+    let mut secrets: Vec<String> = vec![PASSWORD.into(), new_password.into()];
+    for pair in [&first, &second, &third] {
+        secrets.push(access(pair).into());
+        secrets.push(refresh_token(pair).into());
+    }
+    let hash: String = db
+        .query_one(
+            "SELECT hashed_password FROM users WHERE email = $1",
+            &[&email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    secrets.push(hash.clone());
+    // The salt and digest parts on their own, too.
+    secrets.extend(hash.rsplit('$').take(2).map(String::from));
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    for row in db.query("SELECT secret FROM sessions", &[]).await.unwrap() {
+        blobs.push(row.get(0));
+    }
+    for row in db
+        .query("SELECT token_hash FROM refresh_tokens", &[])
+        .await
+        .unwrap()
+    {
+        blobs.push(row.get(0));
+    }
+    assert!(blobs.len() >= 5, "sessions and refresh tokens were stored");
+    for blob in &blobs {
+        secrets.push(hex::encode(blob));
+        secrets.push(B64.encode(blob));
+        secrets.push(format!("{blob:?}"));
+        // tokio-postgres prints bytea parameters as a byte list.
+        secrets.push(
+            format!("{:?}", &blob[..8])
+                .trim_end_matches(']')
+                .to_string(),
+        );
+    }
+    drop(db);
+    let log = gw.log();
+    assert!(
+        log.contains("DEBUG"),
+        "the gateway logged verbosely: {log}"
+    );
+    for secret in &secrets {
+        let leak = log.lines().find(|l| l.contains(secret.as_str()));
+        assert!(leak.is_none(), "a secret reached the log: {leak:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_spent_token_cannot_be_walked_forward_to_the_live_one_inside_the_grace_window() {
+    // A long grace: every presentation below happens inside it.
+    let (echo, gw) = setup_with(|o| o.tokens = "refresh_reuse_grace_secs = 600\n".into()).await;
+    for old_is_parent in [true, false] {
+        let email = format!("walk-{old_is_parent}@x.io");
+        let r0 = gw.user(&email).await;
+        let r1 = refresh(&gw, refresh_token(&r0)).await.expect(200);
+        let r2 = refresh(&gw, refresh_token(&r1)).await.expect(200);
+        assert_token_alive(&gw, access(&r2)).await;
+        // R0's successor R1 is spent; R1's successor R2 is live but R1 itself is two steps
+        // from R0. Either old token presented again is reuse, not a race.
+        let old = if old_is_parent { &r0 } else { &r1 };
+        let reuse_before = auth_event(&gw, "refresh_reuse_detected").await;
+        let walked = refresh(&gw, refresh_token(old)).await;
+        if old_is_parent {
+            walked.expect_error(401, "invalid_token");
+            assert_eq!(
+                auth_event(&gw, "refresh_reuse_detected").await,
+                reuse_before + 1.0
+            );
+            // The family is revoked: the live token and its access token die with it.
+            refresh(&gw, refresh_token(&r2))
+                .await
+                .expect_error(401, "invalid_token");
+            assert_token_dead(&gw, &echo, access(&r2)).await;
+        } else {
+            // R1's successor R2 is still live: a benign race, the same R2 again.
+            let again = walked.expect(200);
+            assert_eq!(refresh_token(&again), refresh_token(&r2));
+            // Once R2 is spent, R1 is reuse too.
+            let r3 = refresh(&gw, refresh_token(&r2)).await.expect(200);
+            refresh(&gw, refresh_token(&r1))
+                .await
+                .expect_error(401, "invalid_token");
+            refresh(&gw, refresh_token(&r3))
+                .await
+                .expect_error(401, "invalid_token");
+            assert_token_dead(&gw, &echo, access(&r3)).await;
+        }
+    }
+}
+
+#[tokio::test]
 async fn with_a_zero_grace_any_second_use_of_a_refresh_token_is_theft() {
     let (echo, gw) = setup_with(|o| o.tokens = "refresh_reuse_grace_secs = 0\n".into()).await;
     let first = gw.user("nograce@x.io").await;
