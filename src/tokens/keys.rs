@@ -48,6 +48,10 @@ pub enum KeyError {
     /// Key generation failed inside the crypto library.
     #[error("key generation failed")]
     Generate,
+    /// The keys directory or a key file is writable by group or others: another local user
+    /// could plant a key the gateway would then trust.
+    #[error("{0}: writable by group or others (mode {1:o}); run chmod go-w on it")]
+    Insecure(String, u32),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -148,6 +152,7 @@ fn key_files(dir: &Path, alg: Algorithm) -> Result<Vec<(String, PathBuf)>, KeyEr
     if !dir.exists() {
         return Ok(Vec::new());
     }
+    refuse_shared_writes(dir)?;
     let marker = format!("-{}-", alg.as_str().to_ascii_lowercase());
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
@@ -160,6 +165,7 @@ fn key_files(dir: &Path, alg: Algorithm) -> Result<Vec<(String, PathBuf)>, KeyEr
             continue;
         };
         if kid.contains(&marker) {
+            refuse_shared_writes(&path)?;
             files.push((kid.to_string(), path.clone()));
         } else {
             tracing::debug!(path = %path.display(), "skipping key of another algorithm");
@@ -167,6 +173,35 @@ fn key_files(dir: &Path, alg: Algorithm) -> Result<Vec<(String, PathBuf)>, KeyEr
     }
     files.sort();
     Ok(files)
+}
+
+/// Refuses a key file or directory that someone other than its owner could write to.
+fn refuse_shared_writes(path: &Path) -> Result<(), KeyError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(io_err(path))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(KeyError::Insecure(
+                path.display().to_string(),
+                mode & 0o7777,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the keys directory owner-only (0700), whatever the process umask.
+fn create_keys_dir(dir: &Path) -> Result<(), KeyError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io_err(dir))?;
+    refuse_shared_writes(dir)
 }
 
 /// Writes a new key of `alg` into `dir` (created if missing) and returns its kid and path.
@@ -197,7 +232,7 @@ pub fn generate_key(dir: &Path, alg: Algorithm) -> Result<(String, PathBuf), Key
             ));
         }
     };
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_keys_dir(dir)?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.9fZ");
     let kid = format!(
         "{stamp}-{}-{}",

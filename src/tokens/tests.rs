@@ -227,3 +227,35 @@ fn hs256_tokens_carry_a_kid_and_need_a_long_secret() {
     assert!(svc.verify(&token).is_ok());
     assert_eq!(svc.jwks()["keys"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_new_keys_dir_is_owner_only_and_shared_writable_keys_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("nested/keys");
+    let (_, key) = generate_key(&dir, Algorithm::EdDSA).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&key), 0o600);
+    let config = Tokens {
+        keys_dir: dir.display().to_string(),
+        ..Tokens::default()
+    };
+    assert!(TokenService::new(&config).is_ok());
+
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = TokenService::new(&config).unwrap_err();
+    assert!(
+        matches!(&err, KeyError::Insecure(p, 0o666) if p.ends_with(".pem")),
+        "{err}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = TokenService::new(&config).unwrap_err();
+    assert!(matches!(&err, KeyError::Insecure(_, 0o777)), "{err}");
+    assert!(matches!(
+        generate_key(&dir, Algorithm::EdDSA),
+        Err(KeyError::Insecure(..))
+    ));
+}
