@@ -54,6 +54,7 @@ fn routes(n: usize) -> Routes {
         host: None,
         strip_prefix: false,
         forward_token: false,
+        case_sensitive: false,
     };
     let mut v: Vec<Route> = (0..n).map(|i| route(format!("/svc{i}/v1/"))).collect();
     v.push(route("/api/".into()));

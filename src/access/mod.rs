@@ -7,7 +7,7 @@ pub mod routes;
 
 use std::sync::Arc;
 
-pub use normalize::{PathError, normalize};
+pub use normalize::{PathError, PathPolicy, normalize, normalize_with};
 pub use revocation::{Lookup, RevocationCache};
 pub use routes::{RouteEntry, Routes};
 

@@ -1,5 +1,9 @@
 //! Path normalization (API.md §4.4): the route is matched on, and the upstream receives, the
 //! same normalized path, so `/public/../api/admin` can never slip past an admin rule.
+//!
+//! The gateway is at least as strict as the backends behind it read paths (Spring's
+//! StrictHttpFirewall is the model): anything a common backend would resolve further than we
+//! do — `;params`, double encoding, overlong UTF-8 — is refused rather than forwarded.
 
 /// Why a path was refused (answered 400, never forwarded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +23,22 @@ pub enum PathError {
     /// A segment starting with `..;` or `.;` (path-parameter tricks).
     #[error("the path has a dot segment with parameters")]
     DotParameter,
+    /// `;` or `%3B`: Java backends strip `;params`, so `/api/admin;/x` reads as `/api/admin/x`.
+    #[error("the path contains a path parameter (';')")]
+    PathParameter,
+    /// `%25` followed by two hex digits: a backend that decodes twice sees another path.
+    #[error("the path is percent-encoded twice")]
+    DoubleEncoding,
+    /// Percent-encoded bytes that are not UTF-8 (overlong forms such as `%C0%AE` included).
+    #[error("the path's percent-encoded bytes are not valid UTF-8")]
+    BadUtf8,
+}
+
+/// What the path rules allow beyond the strict default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathPolicy {
+    /// `server.allow_path_parameters`: let `;` through (dot-segment tricks stay refused).
+    pub allow_path_parameters: bool,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -34,30 +54,63 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Normalizes a request path (without the query) under the strict default policy.
+pub fn normalize(path: &str) -> Result<String, PathError> {
+    normalize_with(path, PathPolicy::default())
+}
+
+/// Percent-decodes `%XX` at `bytes[i]`, if well-formed.
+fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, u8), PathError> {
+    match (
+        bytes.get(i + 1).copied().and_then(hex),
+        bytes.get(i + 2).copied().and_then(hex),
+    ) {
+        (Some(h), Some(l)) => Ok((h, l)),
+        _ => Err(PathError::BadPercent),
+    }
+}
+
+/// Checks that a run of consecutive escapes decodes to UTF-8; `run` holds the decoded bytes.
+/// Raw characters around a run are UTF-8 already, so each run must be complete on its own.
+fn check_escape_run(run: &mut Vec<u8>) -> Result<(), PathError> {
+    let ok = std::str::from_utf8(run).is_ok();
+    run.clear();
+    if ok { Ok(()) } else { Err(PathError::BadUtf8) }
+}
+
 /// Normalizes a request path (without the query): decodes percent-encoded unreserved
 /// characters, removes `.` and `..` segments, collapses `//`. Other percent-encodings are kept
 /// (upper-cased), so the upstream sees exactly what was authorized.
-pub fn normalize(path: &str) -> Result<String, PathError> {
+pub fn normalize_with(path: &str, policy: PathPolicy) -> Result<String, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
     // Pass 1: percent-decoding of unreserved characters, character checks.
     let mut decoded = String::with_capacity(path.len());
+    // Decoded non-ASCII bytes of the current run of escapes (allocated only if there are any).
+    let mut run: Vec<u8> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        if b != b'%' && !run.is_empty() {
+            check_escape_run(&mut run)?;
+        }
         match b {
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    bytes.get(i + 1).copied().and_then(hex),
-                    bytes.get(i + 2).copied().and_then(hex),
-                ) else {
-                    return Err(PathError::BadPercent);
-                };
+                let (h, l) = escape_at(bytes, i)?;
                 let v = h * 16 + l;
                 if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
                     return Err(PathError::Forbidden);
+                }
+                if v == b'%' && escape_at(bytes, i + 2).is_ok() {
+                    return Err(PathError::DoubleEncoding);
+                }
+                if v == b';' && !policy.allow_path_parameters {
+                    return Err(PathError::PathParameter);
+                }
+                if v >= 0x80 || !run.is_empty() {
+                    run.push(v);
                 }
                 if is_unreserved(v) {
                     decoded.push(v as char);
@@ -69,13 +122,14 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 i += 3;
             }
             b'\\' => return Err(PathError::Forbidden),
+            b';' if !policy.allow_path_parameters => return Err(PathError::PathParameter),
             _ if b < 0x20 || b == 0x7f => return Err(PathError::Forbidden),
             _ => {
                 // Copy one UTF-8 character (or byte run) verbatim.
                 let start = i;
                 i += 1;
                 while i < bytes.len()
-                    && !matches!(bytes[i], b'%' | b'\\')
+                    && !matches!(bytes[i], b'%' | b'\\' | b';')
                     && bytes[i] >= 0x20
                     && bytes[i] != 0x7f
                 {
@@ -85,6 +139,9 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
                 continue;
             }
         }
+    }
+    if !run.is_empty() {
+        check_escape_run(&mut run)?;
     }
     // Pass 2: dot segments and empty segments.
     let mut out: Vec<&str> = Vec::new();
@@ -136,7 +193,7 @@ mod tests {
 
     #[test]
     fn clean_paths_are_unchanged() {
-        for p in ["/", "/api/x", "/api/x/", "/a/b;c"] {
+        for p in ["/", "/api/x", "/api/x/", "/caf\u{e9}/x"] {
             assert_eq!(normalize(p).unwrap(), p);
         }
     }
@@ -171,15 +228,73 @@ mod tests {
         assert_eq!(normalize("/%2e%2e/x"), Err(PathError::AboveRoot));
         assert_eq!(normalize("/a%zz"), Err(PathError::BadPercent));
         assert_eq!(normalize("/a%4"), Err(PathError::BadPercent));
-        assert_eq!(normalize("/public/..;/api"), Err(PathError::DotParameter));
-        assert_eq!(normalize("/public/.;x/api"), Err(PathError::DotParameter));
-        assert_eq!(normalize("/public/..%3b/api"), Err(PathError::DotParameter));
+        assert_eq!(normalize("/public/..;/api"), Err(PathError::PathParameter));
+        assert_eq!(normalize("/public/.;x/api"), Err(PathError::PathParameter));
+        assert_eq!(
+            normalize("/public/..%3b/api"),
+            Err(PathError::PathParameter)
+        );
         assert_eq!(
             normalize("/public/%2E%2E%3B/api"),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(
+            normalize("/public/.%3Bx/api"),
+            Err(PathError::PathParameter)
+        );
+        assert_eq!(normalize("api"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn paths_a_backend_would_read_further_are_refused() {
+        use PathError::*;
+        for (path, why) in [
+            ("/api/admin;/secret", PathParameter),
+            ("/api/admin;jsessionid=1", PathParameter),
+            ("/public/a%3B/api", PathParameter),
+            ("/public/a%3b/api", PathParameter),
+            ("/api/%2561dmin/x", DoubleEncoding),
+            ("/public/%252e%252e/api/x", DoubleEncoding),
+            ("/public/%252F", DoubleEncoding),
+            ("/public/%C0%AE%C0%AE/api", BadUtf8),
+            ("/public/%C0%AE", BadUtf8),
+            ("/x/%E0%80%AE", BadUtf8),
+            ("/x/%ED%A0%80", BadUtf8),
+            ("/x/%FF", BadUtf8),
+            ("/x/%C3", BadUtf8),
+            ("/x/%C3/%A9", BadUtf8),
+            ("/x/\u{e9}%A9", BadUtf8),
+            ("/x/%41%A9", BadUtf8),
+        ] {
+            assert_eq!(normalize(path), Err(why), "{path}");
+        }
+        // A lone `%25` (an encoded percent sign) is fine, and so is valid encoded UTF-8.
+        assert_eq!(normalize("/a/100%25").unwrap(), "/a/100%25");
+        assert_eq!(normalize("/a/%25zz").unwrap(), "/a/%25zz");
+        assert_eq!(
+            normalize("/x/%C3%A9%E2%82%AC").unwrap(),
+            "/x/%C3%A9%E2%82%AC"
+        );
+        assert_eq!(normalize("/x/%e2%82%ac-%41").unwrap(), "/x/%E2%82%AC-A");
+    }
+
+    #[test]
+    fn path_parameters_pass_only_when_allowed_and_never_with_dot_segments() {
+        let allow = PathPolicy {
+            allow_path_parameters: true,
+        };
+        assert_eq!(normalize_with("/a/b;c", allow).unwrap(), "/a/b;c");
+        assert_eq!(
+            normalize_with("/public/a%3B/api", allow).unwrap(),
+            "/public/a%3B/api"
+        );
+        assert_eq!(
+            normalize_with("/public/..;/api", allow),
             Err(PathError::DotParameter)
         );
-        assert_eq!(normalize("/public/.%3Bx/api"), Err(PathError::DotParameter));
-        assert_eq!(normalize("/public/a%3B/api").unwrap(), "/public/a%3B/api");
-        assert_eq!(normalize("api"), Err(PathError::NotAbsolute));
+        assert_eq!(
+            normalize_with("/public/..%3b/api", allow),
+            Err(PathError::DotParameter)
+        );
     }
 }

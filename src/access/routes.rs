@@ -1,5 +1,9 @@
 //! The route table, built once per config load: longest prefix first, then routes with a
 //! host, then routes with methods; the first route that matches wins.
+//!
+//! Prefixes match ignoring ASCII case unless a route opts out (Express and ASP.NET route
+//! case-insensitively, so `/api/ADMIN/x` must get the rules of `/api/admin/`), and a path
+//! equal to a prefix without its trailing slash (`/api/admin`) gets that route's rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -12,8 +16,10 @@ use crate::model::Role;
 /// One compiled route.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
-    /// Path prefix (case-sensitive).
+    /// Path prefix.
     pub prefix: String,
+    /// Match the prefix byte for byte instead of ignoring ASCII case.
+    pub case_sensitive: bool,
     /// Lower-case host without port, if the route is host-specific.
     pub host: Option<String>,
     /// Methods matched; empty = all.
@@ -31,12 +37,36 @@ pub struct RouteEntry {
 }
 
 impl RouteEntry {
-    fn matches(&self, host: Option<&str>, method: &Method, path: &str) -> bool {
-        path.starts_with(&self.prefix)
-            && self
-                .host
-                .as_deref()
-                .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h)))
+    /// Whether `path` starts with the prefix (ignoring ASCII case unless case-sensitive).
+    fn prefix_of(&self, path: &str) -> bool {
+        let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
+        path.len() >= prefix.len() && {
+            let head = &path[..prefix.len()];
+            if self.case_sensitive {
+                head == prefix
+            } else {
+                head.eq_ignore_ascii_case(prefix)
+            }
+        }
+    }
+
+    /// Whether `path` is the prefix without its trailing slash (`/api/admin` for `/api/admin/`).
+    fn is_bare_prefix(&self, path: &str) -> bool {
+        let (prefix, path) = (self.prefix.as_bytes(), path.as_bytes());
+        prefix.len() > 1 && prefix.last() == Some(&b'/') && path.len() + 1 == prefix.len() && {
+            let stem = &prefix[..path.len()];
+            if self.case_sensitive {
+                stem == path
+            } else {
+                stem.eq_ignore_ascii_case(path)
+            }
+        }
+    }
+
+    fn matches(&self, host: Option<&str>, method: &Method) -> bool {
+        self.host
+            .as_deref()
+            .is_none_or(|h| host.is_some_and(|req| req.eq_ignore_ascii_case(h)))
             && (self.methods.is_empty() || self.methods.contains(method))
     }
 
@@ -45,12 +75,13 @@ impl RouteEntry {
         self.roles.is_empty() || self.roles.contains(&role)
     }
 
-    /// The path the upstream receives for the normalized request `path`.
+    /// The path the upstream receives for the normalized request `path` (which this route
+    /// matched, possibly as its bare prefix).
     pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
         if !self.strip_prefix {
             return path.into();
         }
-        let rest = path.strip_prefix(self.prefix.as_str()).unwrap_or(path);
+        let rest = path.get(self.prefix.len()..).unwrap_or("");
         if rest.starts_with('/') {
             rest.into()
         } else {
@@ -59,8 +90,16 @@ impl RouteEntry {
     }
 }
 
-/// Routes sharing one prefix length, by prefix, each list in match order.
-type ByPrefix = HashMap<String, Vec<Arc<RouteEntry>>>;
+/// FNV-1a over the ASCII-lowercased bytes: the index key of a prefix, equal for prefixes that
+/// differ only in case. Candidates are checked exactly, so a collision costs only a comparison.
+fn folded_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Routes sharing one prefix length, by folded prefix hash, each list in match order.
+type ByPrefix = HashMap<u64, Vec<Arc<RouteEntry>>>;
 
 /// All routes, indexed for matching: for each prefix length (longest first), the routes with
 /// that exact prefix in match order. A lookup is one hash probe per distinct prefix length
@@ -68,7 +107,10 @@ type ByPrefix = HashMap<String, Vec<Arc<RouteEntry>>>;
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     by_length: Vec<(usize, ByPrefix)>,
-    count: usize,
+    /// Routes whose prefix ends in `/`, by the folded hash of the prefix without it.
+    bare: ByPrefix,
+    /// Every route in match order, for listing.
+    ordered: Vec<Arc<RouteEntry>>,
 }
 
 /// The host of a `Host` header value: port removed, IPv6 brackets kept.
@@ -89,6 +131,7 @@ impl Routes {
             .map(|r| {
                 Arc::new(RouteEntry {
                     prefix: r.prefix.clone(),
+                    case_sensitive: r.case_sensitive,
                     host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                     methods: r
                         .methods
@@ -103,21 +146,35 @@ impl Routes {
                 })
             })
             .collect();
-        // Within one prefix: routes with a host first, then routes with methods.
-        entries.sort_by_key(|e| (e.host.is_none(), e.methods.is_empty()));
-        let count = entries.len();
+        // Within one prefix: exact-case routes first, then routes with a host, then with methods.
+        entries.sort_by_key(|e| {
+            (
+                std::cmp::Reverse(e.prefix.len()),
+                !e.case_sensitive,
+                e.host.is_none(),
+                e.methods.is_empty(),
+            )
+        });
         let mut index: BTreeMap<usize, ByPrefix> = BTreeMap::new();
-        for entry in entries {
+        let mut bare = ByPrefix::new();
+        for entry in &entries {
+            let key = folded_hash(entry.prefix.as_bytes());
             index
                 .entry(entry.prefix.len())
                 .or_default()
-                .entry(entry.prefix.clone())
+                .entry(key)
                 .or_default()
-                .push(entry);
+                .push(entry.clone());
+            if let Some(stem) = entry.prefix.strip_suffix('/').filter(|s| !s.is_empty()) {
+                bare.entry(folded_hash(stem.as_bytes()))
+                    .or_default()
+                    .push(entry.clone());
+            }
         }
         Routes {
             by_length: index.into_iter().rev().collect(),
-            count,
+            bare,
+            ordered: entries,
         }
     }
 
@@ -129,22 +186,35 @@ impl Routes {
         path: &str,
     ) -> Option<&Arc<RouteEntry>> {
         let host = host.map(host_without_port);
-        self.by_length
+        let bare = (!path.ends_with('/'))
+            .then(|| self.bare.get(&folded_hash(path.as_bytes())))
+            .flatten()
+            .into_iter()
+            .flatten()
+            .filter(|e| e.is_bare_prefix(path));
+        let prefixed = self
+            .by_length
             .iter()
-            .filter(|(len, _)| *len <= path.len() && path.is_char_boundary(*len))
-            .filter_map(|(len, routes)| routes.get(&path[..*len]))
-            .flat_map(|candidates| candidates.iter())
-            .find(|e| e.matches(host, method, path))
+            .filter(|(len, _)| *len <= path.len())
+            .filter_map(|(len, routes)| routes.get(&folded_hash(&path.as_bytes()[..*len])))
+            .flatten()
+            .filter(|e| e.prefix_of(path));
+        bare.chain(prefixed).find(|e| e.matches(host, method))
+    }
+
+    /// Every route in match order (longest prefix first).
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RouteEntry>> {
+        self.ordered.iter()
     }
 
     /// Number of routes.
     pub fn len(&self) -> usize {
-        self.count
+        self.ordered.len()
     }
 
     /// Whether there are no routes (everything is 404).
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.ordered.is_empty()
     }
 }
 
@@ -162,6 +232,7 @@ mod tests {
             host: host.map(String::from),
             strip_prefix: false,
             forward_token: false,
+            case_sensitive: false,
         }
     }
 
@@ -175,10 +246,65 @@ mod tests {
             "/api/"
         );
         assert!(routes.find(None, &Method::GET, "/other").is_none());
-        assert!(
-            routes.find(None, &Method::GET, "/API/x").is_none(),
-            "case-sensitive"
+    }
+
+    #[test]
+    fn prefixes_match_ignoring_ascii_case_unless_a_route_opts_out() {
+        let mut exact = route("/Docs/", None, &[]);
+        exact.case_sensitive = true;
+        let routes = Routes::new(&[
+            route("/api/", None, &[]),
+            route("/api/admin/", None, &[]),
+            exact,
+        ]);
+        for path in ["/api/ADMIN/secret", "/API/admin/x", "/aPi/AdMiN/"] {
+            assert_eq!(
+                routes.find(None, &Method::GET, path).unwrap().prefix,
+                "/api/admin/",
+                "{path}"
+            );
+        }
+        assert_eq!(
+            routes.find(None, &Method::GET, "/Docs/x").unwrap().prefix,
+            "/Docs/"
         );
+        assert!(routes.find(None, &Method::GET, "/docs/x").is_none());
+    }
+
+    #[test]
+    fn a_prefix_without_its_trailing_slash_gets_the_routes_rules() {
+        let mut stripped = route("/svc/", None, &[]);
+        stripped.strip_prefix = true;
+        let routes = Routes::new(&[
+            route("/api/", None, &[]),
+            route("/api/admin/", None, &["GET"]),
+            stripped,
+        ]);
+        for path in ["/api/admin", "/api/ADMIN"] {
+            assert_eq!(
+                routes.find(None, &Method::GET, path).unwrap().prefix,
+                "/api/admin/",
+                "{path}"
+            );
+        }
+        // A method the stricter route does not match falls through to the broader one.
+        assert_eq!(
+            routes
+                .find(None, &Method::POST, "/api/admin")
+                .unwrap()
+                .prefix,
+            "/api/"
+        );
+        assert_eq!(
+            routes
+                .find(None, &Method::GET, "/api/adminx")
+                .unwrap()
+                .prefix,
+            "/api/"
+        );
+        let svc = routes.find(None, &Method::GET, "/svc").unwrap();
+        assert_eq!(svc.upstream_path("/svc"), "/");
+        assert!(routes.find(None, &Method::GET, "/").is_none());
     }
 
     #[test]

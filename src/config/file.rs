@@ -49,6 +49,8 @@ pub struct Server {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long SIGTERM lets in-flight requests run before exiting.
     pub shutdown_grace_secs: u64,
+    /// Let `;` path parameters through (refused by default: Java backends strip them).
+    pub allow_path_parameters: bool,
 }
 
 impl Default for Server {
@@ -59,6 +61,7 @@ impl Default for Server {
             threads: 2,
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 5,
+            allow_path_parameters: false,
         }
     }
 }
@@ -328,8 +331,11 @@ pub enum AuthMode {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
-    /// Path prefix, matched case-sensitively on the normalized path.
+    /// Path prefix, matched on the normalized path ignoring ASCII case.
     pub prefix: String,
+    /// Match the prefix exactly, case included.
+    #[serde(default)]
+    pub case_sensitive: bool,
     /// Upstream name.
     pub upstream: String,
     /// Authentication requirement.

@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access::{Authorizer, RouteEntry, Routes, bearer, normalize};
+use crate::access::{Authorizer, PathPolicy, RouteEntry, Routes, bearer, normalize_with};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
@@ -38,6 +38,8 @@ pub struct Live {
     pub routes: Routes,
     /// Pools by name.
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
+    /// Path rules beyond the strict default.
+    pub path_policy: PathPolicy,
 }
 
 impl Live {
@@ -46,6 +48,9 @@ impl Live {
         Ok(Live {
             routes: Routes::new(&config.routes),
             upstreams: build_pools(&config.upstreams)?,
+            path_policy: PathPolicy {
+                allow_path_parameters: config.server.allow_path_parameters,
+            },
             config,
         })
     }
@@ -154,7 +159,8 @@ impl Gateway {
         ctx.client_ip = shared
             .forwarding
             .client_ip(ctx.peer_ip, session.req_header());
-        let path = match normalize(session.req_header().uri.path()) {
+        let policy = shared.live.load().path_policy;
+        let path = match normalize_with(session.req_header().uri.path(), policy) {
             Ok(p) => p,
             Err(e) => return Decision::Reject(e.into()),
         };

@@ -779,6 +779,68 @@ async fn path_bypass_attempts_are_refused_or_authorized_on_the_normalized_path()
     assert_eq!(echo.last().path, "/api/x");
 }
 
+/// Targets that common backends read further than the gateway normalizes (§4.4 v2): each
+/// would reach the admin area (or /api/ for an anonymous caller) behind a looser rule.
+const READ_FURTHER_BY_BACKENDS: &[&[u8]] = &[
+    b"/api/admin;/secret",
+    b"/api;/admin/secret",
+    b"/api/admin%3B/secret",
+    b"/public;/../api/admin/x",
+    b"/api/%2561dmin/x",
+    b"/public/%252e%252e/api/x",
+    b"/public/%252E%252E/api/admin/x",
+    b"/public/%C0%AE%C0%AE/api/admin/x",
+    b"/public/%E0%80%AE%E0%80%AE/api/x",
+];
+
+#[tokio::test]
+async fn paths_backends_read_differently_never_reach_a_stricter_area() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let user = gw.user("differential@example.com").await;
+    let authz = format!("Authorization: Bearer {}", access(&user));
+    for target in READ_FURTHER_BY_BACKENDS {
+        let what = String::from_utf8_lossy(target);
+        for headers in [vec![], vec![authz.as_str()]] {
+            let r = raw_get(gw.port, target, &headers).await;
+            assert_rejected(&r, 400, "invalid_request", &echo, 0, &what);
+        }
+    }
+    // Case and a missing trailing slash get the admin route's rules.
+    for target in [&b"/api/ADMIN/secret"[..], b"/API/Admin/x", b"/api/admin"] {
+        let what = String::from_utf8_lossy(target);
+        let r = raw_get(gw.port, target, &[]).await;
+        assert_rejected(&r, 401, "unauthorized", &echo, 0, &what);
+        let r = raw_get(gw.port, target, &[&authz]).await;
+        assert_rejected(&r, 403, "forbidden", &echo, 0, &format!("{what} as a user"));
+    }
+    // An anonymous caller cannot reach /api/ through the public route's case variants either.
+    let r = raw_get(gw.port, b"/API/x", &[]).await;
+    assert_rejected(&r, 401, "unauthorized", &echo, 0, "/API/x");
+    // The path is forwarded as sent: case kept.
+    let r = raw_get(gw.port, b"/API/x", &[&authz]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echo.last().path, "/API/x");
+}
+
+#[tokio::test]
+async fn path_parameters_pass_only_when_the_operator_allows_them() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options {
+        server: "allow_path_parameters = true\n".into(),
+        ..Options::new(echo.addr)
+    })
+    .await;
+    let user = gw.user("params@example.com").await;
+    let authz = format!("Authorization: Bearer {}", access(&user));
+    let r = raw_get(gw.port, b"/api/x;v=1", &[&authz]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echo.last().path, "/api/x;v=1");
+    // Dot segments with parameters stay refused.
+    let r = raw_get(gw.port, b"/public/..;/api/admin/x", &[&authz]).await;
+    assert_rejected(&r, 400, "invalid_request", &echo, 1, "..;");
+}
+
 #[tokio::test]
 async fn the_upstream_receives_exactly_the_normalized_path() {
     let echo = Echo::start().await;
