@@ -1085,10 +1085,7 @@ async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() 
     }
     drop(db);
     let log = gw.log();
-    assert!(
-        log.contains("DEBUG"),
-        "the gateway logged verbosely: {log}"
-    );
+    assert!(log.contains("DEBUG"), "the gateway logged verbosely: {log}");
     for secret in &secrets {
         let leak = log.lines().find(|l| l.contains(secret.as_str()));
         assert!(leak.is_none(), "a secret reached the log: {leak:?}");
