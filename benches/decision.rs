@@ -55,6 +55,7 @@ fn routes(n: usize) -> Routes {
         strip_prefix: false,
         forward_token: false,
         case_sensitive: false,
+        websocket_idle_timeout_secs: 300,
     };
     let mut v: Vec<Route> = (0..n).map(|i| route(format!("/svc{i}/v1/"))).collect();
     v.push(route("/api/".into()));

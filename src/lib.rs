@@ -70,10 +70,7 @@ fn pingora_conf(config: &Config) -> ServerConf {
             .join(format!("portcullis-{port}-{}.pid", std::process::id()))
             .display()
             .to_string(),
-        upgrade_sock: tmp
-            .join(format!("portcullis-{port}-{}.sock", std::process::id()))
-            .display()
-            .to_string(),
+        upgrade_sock: config.server.upgrade_sock.clone(),
         grace_period_seconds: Some(config.server.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace_secs),
         work_stealing: true,
@@ -81,11 +78,28 @@ fn pingora_conf(config: &Config) -> ServerConf {
     }
 }
 
+/// How the process starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartMode {
+    /// Take over the listening sockets of the running instance (through
+    /// `server.upgrade_sock`) instead of binding them: a binary upgrade or restart that drops
+    /// nothing. The old instance, sent SIGQUIT, hands them over and drains.
+    pub upgrade: bool,
+}
+
 /// Builds the whole gateway — proxy listener, admin listener, revocation listener, health
 /// checks, live reload — ready for `run_forever`. Used by `main`, the tests and the benches.
-pub fn build_server(config: Config, config_path: &Path) -> Result<Server, BuildError> {
+pub fn build_server(
+    config: Config,
+    config_path: &Path,
+    mode: StartMode,
+) -> Result<Server, BuildError> {
     let conf = pingora_conf(&config);
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: mode.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let store = Store::new(&config.database.url, config.database.pool_size)?;
@@ -136,10 +150,13 @@ pub fn build_server(config: Config, config_path: &Path) -> Result<Server, BuildE
     server.add_service(admin);
 
     let url = store.url().to_string();
-    let cache = revocations.clone();
+    let listener_shared = shared.clone();
     server.add_service(proxy::services::task("revocation listener", move || {
-        let cache = cache.clone();
-        store::listen_for_revocations(url.clone(), move |event| cache.apply(event))
+        let shared = listener_shared.clone();
+        store::listen_for_revocations(url.clone(), move |event| {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.authorizer.apply_revocation(event).await });
+        })
     }));
     let health_shared = shared.clone();
     server.add_service(proxy::services::task("health checks", move || {

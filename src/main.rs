@@ -35,7 +35,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate (when database.auto_migrate) and serve until SIGTERM/SIGINT.
-    Serve,
+    Serve {
+        /// Take over the listening sockets of the running instance (binary upgrade or restart
+        /// without dropping a connection); then send the old process SIGQUIT.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Apply pending migrations and print each one applied.
     Migrate,
     /// Validate the configuration and print every problem.
@@ -106,7 +111,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Migrate => migrate(&config, true),
-        Command::Serve => serve(config, &cli.config),
+        Command::Serve { upgrade } => serve(config, &cli.config, upgrade),
         Command::User {
             command:
                 UserCommand::Create {
@@ -152,12 +157,12 @@ fn migrate(config: &Config, verbose: bool) -> anyhow::Result<()> {
     })
 }
 
-fn serve(config: Config, path: &Path) -> anyhow::Result<()> {
+fn serve(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     if config.database.auto_migrate {
         // Migrations run on their own short-lived runtime, before Pingora owns the process.
         migrate(&config, false).context("auto-migration failed")?;
     }
-    let server = portcullis::build_server(config, path)?;
+    let server = portcullis::build_server(config, path, portcullis::StartMode { upgrade })?;
     tracing::info!("portcullis starting");
     server.run_forever()
 }

@@ -4,14 +4,17 @@
 pub mod normalize;
 pub mod revocation;
 pub mod routes;
+pub mod tunnels;
 
 use std::sync::Arc;
 
 pub use normalize::{PathError, PathPolicy, normalize, normalize_with};
 pub use revocation::{Lookup, RevocationCache};
 pub use routes::{RouteEntry, Routes};
+pub use tunnels::{Closer, TunnelGuard, Tunnels};
 
 use crate::config::OnDbError;
+use crate::store::RevocationEvent;
 use crate::tokens::{Claims, TokenService, VerifyError};
 
 /// Why a request was not let through; each maps to one response in `proxy::respond`.
@@ -76,6 +79,7 @@ pub fn bearer<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Result<Option<&
 pub struct Authorizer {
     tokens: Arc<TokenService>,
     revocations: Arc<RevocationCache>,
+    tunnels: Arc<Tunnels>,
     on_db_error: OnDbError,
 }
 
@@ -104,7 +108,36 @@ impl Authorizer {
         Authorizer {
             tokens,
             revocations,
+            tunnels: Arc::default(),
             on_db_error,
+        }
+    }
+
+    /// Open WebSocket tunnels, closed when their session is revoked.
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
+    }
+
+    /// Applies a revocation notification: the cache forgets the affected statuses at once,
+    /// then open tunnels whose session no longer stands are closed (a user event re-checks
+    /// each of the user's tunnels through the cache, i.e. one query per session).
+    pub async fn apply_revocation(&self, event: RevocationEvent) {
+        self.revocations.apply(event);
+        if let RevocationEvent::Session(sid) = event {
+            self.tunnels.close_session(sid);
+            return;
+        }
+        for claims in self.tunnels.to_recheck(&event) {
+            match self.check_status(claims.clone()).await {
+                Err(Denial::Revoked) => {
+                    let closed = self.tunnels.close_session(claims.sid);
+                    tracing::info!(sid = %claims.sid, closed, "closed the WebSocket tunnels of a revoked session");
+                }
+                Err(d) => {
+                    tracing::warn!(sid = %claims.sid, reason = d.reason(), "could not re-check a tunnel's session; left open")
+                }
+                Ok(_) => {}
+            }
         }
     }
 
@@ -117,6 +150,11 @@ impl Authorizer {
     /// signature returns before any database work.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, Denial> {
         let claims = self.tokens.verify(token).map_err(Denial::InvalidToken)?;
+        self.check_status(claims).await
+    }
+
+    /// Whether the session, user and role of verified `claims` still stand.
+    async fn check_status(&self, claims: Arc<Claims>) -> Result<Authenticated, Denial> {
         match self.revocations.status(claims.sid).await {
             Ok((Some(status), lookup)) => {
                 if status.revoked

@@ -34,6 +34,8 @@ pub struct RouteEntry {
     pub strip_prefix: bool,
     /// Forward the client's Authorization header.
     pub forward_token: bool,
+    /// Idle timeout of a WebSocket tunnel on this route.
+    pub websocket_idle_timeout: std::time::Duration,
 }
 
 impl RouteEntry {
@@ -143,6 +145,9 @@ impl Routes {
                     upstream: r.upstream.clone(),
                     strip_prefix: r.strip_prefix,
                     forward_token: r.forward_token,
+                    websocket_idle_timeout: std::time::Duration::from_secs(
+                        r.websocket_idle_timeout_secs,
+                    ),
                 })
             })
             .collect();
@@ -233,6 +238,7 @@ mod tests {
             strip_prefix: false,
             forward_token: false,
             case_sensitive: false,
+            websocket_idle_timeout_secs: 300,
         }
     }
 

@@ -51,6 +51,9 @@ pub struct Server {
     pub shutdown_grace_secs: u64,
     /// Let `;` path parameters through (refused by default: Java backends strip them).
     pub allow_path_parameters: bool,
+    /// Unix socket through which `serve --upgrade` takes over the listening sockets of the
+    /// running instance; old and new process must agree on it.
+    pub upgrade_sock: String,
 }
 
 impl Default for Server {
@@ -62,6 +65,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 5,
             allow_path_parameters: false,
+            upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
         }
     }
 }
@@ -356,6 +360,13 @@ pub struct Route {
     /// Keep the client's Authorization header for the upstream.
     #[serde(default)]
     pub forward_token: bool,
+    /// A WebSocket tunnel on this route closes after this long without traffic.
+    #[serde(default = "default_websocket_idle_timeout_secs")]
+    pub websocket_idle_timeout_secs: u64,
+}
+
+fn default_websocket_idle_timeout_secs() -> u64 {
+    300
 }
 
 /// `[[oidc]]`

@@ -287,7 +287,9 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         let prefix = route.prefix.as_str();
         if !prefix.starts_with('/') {
             r.add(&at("prefix"), "must start with '/'");
-        } else if prefix == "/auth" || prefix.starts_with("/auth/") {
+        } else if prefix.eq_ignore_ascii_case("/auth")
+            || prefix.to_ascii_lowercase().starts_with("/auth/")
+        {
             r.add(
                 &at("prefix"),
                 "no route may live under /auth/ (the gateway serves it itself)",
@@ -301,6 +303,9 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
                 &at("prefix"),
                 "must be a normalized path (no '//', '.', '..', '%' or '\\')",
             );
+        }
+        if route.websocket_idle_timeout_secs == 0 {
+            r.add(&at("websocket_idle_timeout_secs"), "must be at least 1");
         }
         if !names.contains(route.upstream.as_str()) {
             r.add(

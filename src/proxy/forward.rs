@@ -94,16 +94,10 @@ impl Forwarding {
     ) -> Result<()> {
         // Headers named in Connection are hop-by-hop; honour that, but never for a header we
         // set ourselves — and never let it remove identity headers.
-        let connection_tokens: Vec<String> = req
-            .headers
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|t| t.trim().to_ascii_lowercase())
-            .filter(|t| !t.is_empty())
-            .collect();
-        let upgrade = connection_tokens.iter().any(|t| t == "upgrade");
+        let connection_tokens: Vec<String> = connection_tokens(req).collect();
+        // A WebSocket handshake keeps its `Upgrade` (hop-by-hop, but the upstream must see it
+        // to switch protocols); any other upgrade (h2c, …) is dropped.
+        let websocket = is_websocket(req);
         let remove: Vec<HeaderName> = req
             .headers
             .keys()
@@ -111,7 +105,10 @@ impl Forwarding {
                 let n = name.as_str();
                 self.is_identity_header(n)
                     || (n == "authorization" && !forward_token)
-                    || (connection_tokens.iter().any(|t| t == n) && !protected(n))
+                    || (n == "upgrade" && !websocket)
+                    || (connection_tokens.iter().any(|t| t == n)
+                        && !protected(n)
+                        && !(websocket && n == "upgrade"))
                     || n == "connection"
                     || n == "keep-alive"
                     || n == "proxy-connection"
@@ -122,7 +119,7 @@ impl Forwarding {
         for name in remove {
             req.remove_header(&name);
         }
-        if upgrade && req.headers.contains_key("upgrade") {
+        if websocket {
             req.insert_header("Connection", "upgrade")?;
         }
         if let Some(c) = identity {
@@ -148,6 +145,30 @@ impl Forwarding {
         }
         Ok(())
     }
+}
+
+/// The comma-separated tokens of every `Connection` header, lower-cased.
+fn connection_tokens(req: &RequestHeader) -> impl Iterator<Item = String> + '_ {
+    req.headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the request is a WebSocket handshake (HTTP/1.1, `Connection: upgrade`,
+/// `Upgrade: websocket`): the only upgrade the gateway relays.
+pub fn is_websocket(req: &RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req.headers.get("upgrade").is_some_and(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+            })
+        })
+        && connection_tokens(req).any(|t| t == "upgrade")
 }
 
 /// Headers a client's `Connection` header may not remove.
@@ -225,12 +246,22 @@ pub fn check_framing(
         ));
     }
     match counts.host {
-        0 => Err(ApiError::bad_request("the request has no Host header")),
-        1 => Ok(()),
-        _ => Err(ApiError::bad_request(
-            "the request has more than one Host header",
-        )),
+        0 => return Err(ApiError::bad_request("the request has no Host header")),
+        1 => {}
+        _ => {
+            return Err(ApiError::bad_request(
+                "the request has more than one Host header",
+            ));
+        }
     }
+    // Pingora's rule: a hop-by-hop claim on these would let a client strip routing or
+    // client-address information from what the upstream sees.
+    if connection_tokens(req).any(|t| t == "host" || t == "x-forwarded-for") {
+        return Err(ApiError::bad_request(
+            "the Connection header may not name Host or X-Forwarded-For",
+        ));
+    }
+    Ok(())
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh UUID.
@@ -275,6 +306,45 @@ mod tests {
         assert!(check_framing(&get, Some(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).is_ok());
         get.append_header("Host", "b").unwrap();
         assert!(check_framing(&get, None).is_err());
+    }
+
+    #[test]
+    fn a_connection_header_naming_host_or_forwarded_for_is_refused() {
+        for value in ["Host", "close, X-Forwarded-For", "x-forwarded-for"] {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("Host", "a").unwrap();
+            req.insert_header("Connection", value).unwrap();
+            assert!(check_framing(&req, None).is_err(), "{value}");
+        }
+    }
+
+    #[test]
+    fn a_websocket_handshake_keeps_its_upgrade_and_other_upgrades_are_dropped() {
+        let f = forwarding(&[]);
+        let mut ws = RequestHeader::build("GET", b"/", None).unwrap();
+        ws.insert_header("Connection", "keep-alive, Upgrade")
+            .unwrap();
+        ws.insert_header("Upgrade", "WebSocket").unwrap();
+        ws.insert_header("Sec-WebSocket-Key", "k").unwrap();
+        assert!(is_websocket(&ws));
+        f.rewrite(&mut ws, None, "rid", None, false).unwrap();
+        assert_eq!(ws.headers["upgrade"], "WebSocket");
+        assert_eq!(ws.headers["connection"], "upgrade");
+        assert_eq!(ws.headers["sec-websocket-key"], "k");
+
+        let mut h2c = RequestHeader::build("GET", b"/", None).unwrap();
+        h2c.insert_header("Connection", "Upgrade, HTTP2-Settings")
+            .unwrap();
+        h2c.insert_header("Upgrade", "h2c").unwrap();
+        assert!(!is_websocket(&h2c));
+        f.rewrite(&mut h2c, None, "rid", None, false).unwrap();
+        assert!(!h2c.headers.contains_key("upgrade"));
+        assert!(!h2c.headers.contains_key("connection"));
+
+        // Upgrade without Connection: upgrade is not a handshake either.
+        let mut bare = RequestHeader::build("GET", b"/", None).unwrap();
+        bare.insert_header("Upgrade", "websocket").unwrap();
+        assert!(!is_websocket(&bare));
     }
 
     #[test]

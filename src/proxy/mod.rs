@@ -5,6 +5,7 @@ pub mod auth_api;
 mod forward;
 pub mod respond;
 pub mod services;
+mod tunnel;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -19,7 +20,9 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access::{Authorizer, PathPolicy, RouteEntry, Routes, bearer, normalize_with};
+use crate::access::{
+    Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer, normalize_with,
+};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
@@ -117,6 +120,10 @@ pub struct Ctx {
     upstream_uri: Option<http::Uri>,
     upstream_started: Option<Instant>,
     status: u16,
+    /// A WebSocket handshake on an authorized route.
+    websocket: bool,
+    /// Registration of an open WebSocket tunnel, dropped with the request.
+    tunnel: Option<TunnelGuard>,
 }
 
 /// The `ProxyHttp` implementation.
@@ -226,6 +233,7 @@ impl Gateway {
             }
         }
         ctx.pool = live.upstreams.get(&route.upstream).cloned();
+        ctx.websocket = forward::is_websocket(req);
         Decision::Forward
     }
 }
@@ -247,6 +255,8 @@ impl ProxyHttp for Gateway {
             upstream_uri: None,
             upstream_started: None,
             status: 0,
+            websocket: false,
+            tunnel: None,
         }
     }
 
@@ -267,12 +277,51 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let peer = ctx.pool.as_ref().and_then(|p| p.peer()).ok_or_else(|| {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let mut peer = ctx.pool.as_ref().and_then(|p| p.peer()).ok_or_else(|| {
             Error::explain(ErrorType::HTTPStatus(502), "no healthy upstream address")
         })?;
+        if ctx.websocket
+            && let Some(route) = &ctx.route
+        {
+            // A tunnel is idle when neither side has sent anything for this long.
+            let idle = route.websocket_idle_timeout;
+            peer.options.read_timeout = Some(idle);
+            session.set_read_timeout(Some(idle));
+        }
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if ctx.websocket
+            && let Some(claims) = &ctx.identity
+        {
+            // The tunnel closes when its session is revoked: shutting the upstream socket
+            // down ends Pingora's relay loop, which then closes the client connection.
+            match tunnel::closer(fd) {
+                Ok(close) => {
+                    ctx.tunnel = Some(
+                        self.shared
+                            .authorizer
+                            .tunnels()
+                            .register(claims.clone(), close),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch a WebSocket tunnel for revocation")
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

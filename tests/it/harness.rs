@@ -348,6 +348,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 threads = 2
 shutdown_grace_secs = 1
+upgrade_sock = "upgrade.sock"
 {server}
 
 [database]
@@ -482,6 +483,46 @@ impl Gateway {
             .unwrap()
             .success();
         assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Replaces the running process the way an operator upgrades the binary: a new process
+    /// started with `serve --upgrade` takes over the listening sockets, the old one gets SIGQUIT,
+    /// hands them over and drains. Returns the old process's exit code.
+    pub fn upgrade(&mut self) -> Option<i32> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .unwrap();
+        let new = Command::new(bin())
+            .args([
+                "--config",
+                self.config_path.to_str().unwrap(),
+                "serve",
+                "--upgrade",
+            ])
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "info")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the new portcullis");
+        // The new process listens on the upgrade socket before the old one may hand over.
+        let sock = self.dir.path().join("upgrade.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sock.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no upgrade socket; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal("QUIT");
+        let code = self.wait_exit(Duration::from_secs(30));
+        self.child = Some(new);
+        code
     }
 
     /// Waits for the process to exit and returns its exit code.
@@ -723,4 +764,26 @@ impl DbProxy {
     pub fn up(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+}
+
+/// Two gateways on one fresh database and one keys directory (tokens of one verify on the
+/// other); the returned directory holds the keys.
+pub async fn two_gateways(opts: impl Fn() -> Options) -> (Gateway, Gateway, tempfile::TempDir) {
+    let keys = tempfile::tempdir().unwrap();
+    let db = fresh_db().await;
+    let mut gateways = Vec::new();
+    for db in [db.clone(), db] {
+        gateways.push(
+            Gateway::start_with_keys(
+                opts(),
+                db,
+                tempfile::tempdir().unwrap(),
+                keys.path().to_path_buf(),
+            )
+            .await,
+        );
+    }
+    let b = gateways.pop().unwrap();
+    let a = gateways.pop().unwrap();
+    (a, b, keys)
 }

@@ -8,3 +8,4 @@ mod foundation;
 mod auth;
 mod oidc;
 mod proxy;
+mod websocket;

@@ -959,27 +959,12 @@ async fn the_body_of_a_rejected_request_is_never_read_as_another_request() {
 
 /// Two gateways on one database and one keys directory.
 async fn two_instances(echo: &Echo, revocation: &str) -> (Gateway, Gateway, tempfile::TempDir) {
-    let keys = tempfile::tempdir().unwrap();
-    let db = fresh_db().await;
-    let mut opts = Options::new(echo.addr);
-    opts.revocation = revocation.into();
-    let a = Gateway::start_with_keys(
-        opts,
-        db.clone(),
-        tempfile::tempdir().unwrap(),
-        keys.path().to_path_buf(),
-    )
-    .await;
-    let mut opts = Options::new(echo.addr);
-    opts.revocation = revocation.into();
-    let b = Gateway::start_with_keys(
-        opts,
-        db,
-        tempfile::tempdir().unwrap(),
-        keys.path().to_path_buf(),
-    )
-    .await;
-    (a, b, keys)
+    two_gateways(|| {
+        let mut opts = Options::new(echo.addr);
+        opts.revocation = revocation.into();
+        opts
+    })
+    .await
 }
 
 /// Polls until `gw` refuses `token` on /api/ with 401; returns how long that took.
