@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -254,13 +254,52 @@ impl Echo {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// The ports `free_port` hands out: `(first, count)`, below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), so that no outgoing connection — to PostgreSQL,
+/// to an upstream — can be given one between the check and the gateway's own bind. Above the
+/// range when it leaves too little room below.
+fn port_pool() -> (u16, u16) {
+    const FLOOR: u32 = 10_000;
+    const MIN_POOL: u32 = 2_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".to_string());
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (low, high) = (
+        bounds.next().unwrap_or(32768),
+        bounds.next().unwrap_or(60999),
+    );
+    if low >= FLOOR + MIN_POOL {
+        (FLOOR as u16, (low - FLOOR) as u16)
+    } else if high + MIN_POOL <= 65535 {
+        ((high + 1) as u16, (65535 - high) as u16)
+    } else {
+        panic!("no room outside the ephemeral port range {low}-{high} for test ports")
+    }
+}
+
+/// A TCP port on 127.0.0.1 for a process that binds its own (the gateway binary): never
+/// handed out twice by this process (one counter walks the pool once, from an offset derived
+/// from the pid so concurrent test processes start far apart), outside the ephemeral range,
+/// and free when handed out (checked by binding it). In-process servers bind port 0 and keep
+/// their listener instead.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static POOL: OnceLock<(u16, u16)> = OnceLock::new();
+    let (first, count) = *POOL.get_or_init(port_pool);
+    let offset = std::process::id().wrapping_mul(7919) % u32::from(count);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            n < u32::from(count),
+            "the test process used up its {count} ports"
+        );
+        let port = first + ((offset + n) % u32::from(count)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How to start a gateway.
@@ -428,7 +467,7 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start portcullis");
-        let gw = Gateway {
+        let mut gw = Gateway {
             child: Some(child),
             port,
             admin_port,
@@ -449,9 +488,17 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&self) {
+    /// Polls `/readyz` until it answers 200. A gateway that exited (say its port was taken
+    /// by another process after the check) fails here, rather than letting a stranger answer.
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "gateway exited ({status}) before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
             if let Ok(r) = self.http.get(self.admin("/readyz")).send().await
                 && r.status() == 200
             {
