@@ -96,12 +96,20 @@ fn unknown_kids_and_embedded_keys_are_rejected() {
         &claims,
     );
     assert_eq!(svc.verify(&t), Err(VerifyError::UnknownKey));
-    let t = forge(
-        &svc,
-        serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid,"jku":"http://evil/"}),
-        &claims,
-    );
-    assert_eq!(svc.verify(&t), Err(VerifyError::EmbeddedKey));
+    // Signed with the service's own key and otherwise the control `ok` below: the offered
+    // key is the only defect, and it is named as the reason.
+    let offers = [
+        ("jwk", svc.jwks()["keys"][0].clone()),
+        ("jku", serde_json::json!("http://evil/jwks.json")),
+        ("x5u", serde_json::json!("http://evil/cert.pem")),
+        ("x5c", serde_json::json!(["MIIBLjCB4aADAgECAhQ="])),
+    ];
+    for (field, offer) in offers {
+        let mut header = serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid});
+        header[field] = offer;
+        let t = forge(&svc, header, &claims);
+        assert_eq!(svc.verify(&t), Err(VerifyError::EmbeddedKey), "{field}");
+    }
     let t = forge(
         &svc,
         serde_json::json!({"alg":"EdDSA","typ":"JWT","kid":kid}),

@@ -344,6 +344,8 @@ pub struct Gateway {
     pub admin_port: u16,
     pub db_url: String,
     pub dir: tempfile::TempDir,
+    /// The keys directory (its private keys sign the gateway's tokens).
+    pub keys_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: reqwest::Client,
 }
@@ -473,6 +475,7 @@ impl Gateway {
             admin_port,
             db_url,
             dir,
+            keys_dir: keys,
             config_path,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -632,6 +635,65 @@ impl Gateway {
             .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
             .collect()
     }
+}
+
+/// Signs tokens with a gateway's own Ed25519 key, read from its keys directory, so that a
+/// forged token is wrong only where a test makes it wrong and never in its signature.
+pub struct Signer {
+    pub kid: String,
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl Signer {
+    /// The signing key of `gw` (whose keys directory must hold exactly one key).
+    pub fn of(gw: &Gateway) -> Signer {
+        let files: Vec<_> = std::fs::read_dir(&gw.keys_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let kid = files[0].file_stem().unwrap().to_str().unwrap().to_string();
+        let pem = pem::parse(std::fs::read(&files[0]).unwrap()).unwrap();
+        let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pem.contents()).unwrap();
+        Signer { kid, key }
+    }
+
+    /// The header the gateway itself puts on its access tokens.
+    pub fn header(&self) -> Value {
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid})
+    }
+
+    /// `header.claims.signature`, base64url without padding.
+    pub fn sign(&self, header: &Value, claims: &Value) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self.key.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+}
+
+/// The header fields through which a token can offer its own verification key (API.md §4.1:
+/// `jwk`, `jku`, `x5u`, and `x5c`), as `(what, field, value)`. The `jwk` offered is the first
+/// key of `jwks` (the gateway's own public key), so what gets a token refused can only be that
+/// it offers a key, never which key.
+pub fn embedded_key_offers(jwks: &Value) -> Vec<(&'static str, &'static str, Value)> {
+    assert!(jwks["keys"][0].is_object(), "no key in {jwks}");
+    vec![
+        ("embedded jwk", "jwk", jwks["keys"][0].clone()),
+        ("jku", "jku", Value::from("https://evil.example/jwks.json")),
+        ("x5u", "x5u", Value::from("https://evil.example/cert.pem")),
+        (
+            "x5c",
+            "x5c",
+            serde_json::json!(["MIIBLjCB4aADAgECAhQ7x5cEvilCertificateChainAAAAAAAAAA=="]),
+        ),
+    ]
 }
 
 /// Runs the CLI with a config file, feeding `stdin`.

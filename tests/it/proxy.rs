@@ -254,7 +254,6 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
     let pair = gw.user("tamper@example.com").await;
     let good = access(&pair).to_string();
     assert_eq!(get(&gw, "/api/x", Some(&good)).await.status, 200);
-    let before = echo.count();
 
     let parts: Vec<&str> = good.split('.').collect();
     let mut sig: Vec<u8> = parts[2].bytes().collect();
@@ -276,10 +275,28 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
         header["alg"] = json!(alg);
         unsigned.push(format!("{}.{}.", b64(&header), parts[1]));
     }
-    let mut embedded = jwt_part(&good, 0);
-    embedded["jwk"] =
-        json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-    let embedded_key = format!("{}.{}.{}", b64(&embedded), parts[1], parts[2]);
+    // Keys offered in the header, on tokens signed with the gateway's real key: the control,
+    // the same header and claims without the offer and signed the same way, is accepted, so
+    // the offer is the only thing wrong with the others.
+    let signer = Signer::of(&gw);
+    let mut resigned = jwt_part(&good, 1);
+    resigned["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    let control = signer.sign(&signer.header(), &resigned);
+    for path in ["/api/x", "/opt/x"] {
+        assert_eq!(
+            get(&gw, path, Some(&control)).await.status,
+            200,
+            "control on {path}"
+        );
+    }
+    let before = echo.count();
+    let jwks: Value = gw.get("/auth/jwks.json", None).await.json().await.unwrap();
+    let mut offered_keys = Vec::new();
+    for (what, field, offer) in embedded_key_offers(&jwks) {
+        let mut header = signer.header();
+        header[field] = offer;
+        offered_keys.push((what, signer.sign(&header, &resigned)));
+    }
 
     // A token signed by another gateway (its own keys directory), valid in every other way.
     let other_echo = Echo::start().await;
@@ -294,9 +311,9 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
         ("tampered signature", tampered_signature),
         ("tampered claims", tampered_claims),
         ("signature stripped", format!("{}.{}.", parts[0], parts[1])),
-        ("embedded jwk", embedded_key),
         ("another gateway's key", foreign),
     ];
+    cases.extend(offered_keys);
     for (n, t) in unsigned.into_iter().enumerate() {
         cases.push((["alg none", "alg None", "alg NONE"][n], t));
     }
