@@ -235,3 +235,66 @@ fn hs256_tokens_carry_a_kid_and_need_a_long_secret() {
     assert!(svc.verify(&token).is_ok());
     assert_eq!(svc.jwks()["keys"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_cached_verification_never_skips_the_time_checks() {
+    let (svc, _dir) = service(Algorithm::EdDSA);
+    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let claims = svc.verify(&token).unwrap();
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    assert!(
+        svc.verified.contains_key(&digest),
+        "the token was not cached"
+    );
+    // Take away the key that signed it, without clearing the cache: from here on only a cache
+    // hit can accept the token.
+    let (other, _other_dir) = service(Algorithm::EdDSA);
+    svc.keys.store(other.keys.load_full());
+    assert_eq!(svc.verify_uncached(&token), Err(VerifyError::UnknownKey));
+
+    let leeway = svc.config.leeway_secs as i64;
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway - 1),
+        Ok(claims.clone())
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + 86_400),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.nbf - leeway - 1),
+        Err(VerifyError::NotYetValid)
+    );
+    // Still cached: the refusals came from the cached entry's time checks.
+    assert!(svc.verified.contains_key(&digest));
+    assert_eq!(svc.verify(&token), Ok(claims));
+}
+
+#[test]
+fn an_uncached_verification_checks_every_time_claim_at_the_given_time() {
+    let (svc, _dir) = service(Algorithm::EdDSA);
+    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let claims = svc.verify_uncached(&token).unwrap();
+    let leeway = svc.config.leeway_secs as i64;
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.nbf.min(claims.iat) - leeway - 1),
+        Err(VerifyError::NotYetValid)
+    );
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    assert!(
+        !svc.verified.contains_key(&digest),
+        "a refused token was cached"
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway - 1).as_deref(),
+        Ok(&claims)
+    );
+}

@@ -333,24 +333,39 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 #[tokio::test]
-async fn an_expired_token_is_401_invalid_token() {
+async fn an_expired_token_is_401_invalid_token_even_when_its_verification_is_cached() {
     let echo = Echo::start().await;
     let mut opts = Options::new(echo.addr);
-    opts.tokens = "access_ttl_secs = 2\nleeway_secs = 0\n".into();
+    // Access tokens live 900 s, so the verified-token cache keeps an entry for 901 s: far past
+    // the short `exp` given below. Only the expiry check made on the cache hit can refuse it.
+    opts.tokens = "leeway_secs = 1\n".into();
     let gw = Gateway::start(opts).await;
     let pair = gw.user("expiry@example.com").await;
-    assert_eq!(get(&gw, "/api/x", Some(access(&pair))).await.status, 200);
-    let exp = jwt_part(access(&pair), 1)["exp"].as_i64().unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    };
-    tokio::time::sleep(Duration::from_secs_f64((exp as f64 - now()).max(0.0) + 0.2)).await;
+    let signer = Signer::of(&gw);
+    let now = unix_now() as i64;
+    let mut claims = jwt_part(access(&pair), 1);
+    claims["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    claims["iat"] = json!(now);
+    claims["nbf"] = json!(now);
+    claims["exp"] = json!(now + 2);
+    let token = signer.sign(&signer.header(), &claims);
+    // Accepted, and so cached.
+    assert_eq!(get(&gw, "/api/x", Some(&token)).await.status, 200);
+    let refused_from = (now + 2 + 1) as f64;
+    tokio::time::sleep(Duration::from_secs_f64(
+        (refused_from - unix_now()).max(0.0) + 0.2,
+    ))
+    .await;
     let before = echo.count();
-    let r = get(&gw, "/api/x", Some(access(&pair))).await;
+    let r = get(&gw, "/api/x", Some(&token)).await;
     assert_rejected(&r, 401, "invalid_token", &echo, before, "expired token");
     assert_eq!(r.header("www-authenticate"), Some(INVALID_TOKEN));
 }
