@@ -77,8 +77,8 @@ enum UserCommand {
 enum KeysCommand {
     /// Write a new signing key into tokens.keys_dir; it signs from the next start or SIGHUP.
     Generate {
-        /// Key algorithm (default: tokens.algorithm).
-        #[arg(long, value_enum)]
+        /// Key algorithm (default: tokens.algorithm); any case (`EdDSA`, `eddsa`).
+        #[arg(long, value_enum, ignore_case = true)]
         algorithm: Option<Algorithm>,
     },
 }

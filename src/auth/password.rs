@@ -3,6 +3,7 @@
 //! stalling Pingora's workers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
 
@@ -29,6 +30,8 @@ pub struct Hasher {
     pool: Arc<rayon::ThreadPool>,
     /// Hash of a random password, verified for unknown accounts so they cost the same time.
     dummy: Arc<str>,
+    /// argon2 verifications run, shared by clones.
+    verifications: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -68,7 +71,14 @@ impl Hasher {
             params,
             pool: Arc::new(pool),
             dummy: dummy.into(),
+            verifications: Arc::default(),
         })
+    }
+
+    /// How many argon2 verifications this hasher (and its clones) has run: one per
+    /// [`verify`](Self::verify), whether against a stored hash or the dummy.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// Hashes a password (PHC string) on the bounded pool.
@@ -93,6 +103,7 @@ impl Hasher {
         let params = self.params.clone();
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy.to_string());
+        let verifications = self.verifications.clone();
         self.run(move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return Verified {
@@ -100,14 +111,12 @@ impl Hasher {
                     needs_rehash: false,
                 };
             };
-            let ok = known
-                && argon(&params)
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok();
-            if !known {
-                // Same work as a real check, result ignored.
-                let _ = argon(&params).verify_password(password.as_bytes(), &parsed);
-            }
+            // The same work for the dummy as for a real hash; only a real one can match.
+            let matches = argon(&params)
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
+            verifications.fetch_add(1, Ordering::Relaxed);
+            let ok = known && matches;
             let needs_rehash = ok
                 && (parsed.algorithm.as_str() != "argon2id"
                     || Params::try_from(&parsed).map_or(true, |p| {
@@ -181,6 +190,55 @@ mod tests {
         let bad = h.verify("wrong".into(), Some(hash)).await.unwrap();
         assert!(!bad.ok);
         assert!(!h.verify("correct horse".into(), None).await.unwrap().ok);
+    }
+
+    /// The argon2 parameters of a PHC string: (algorithm, version, m, t, p).
+    fn phc_params(phc: &str) -> (String, Option<u32>, u32, u32, u32) {
+        let parsed = PasswordHash::new(phc).unwrap();
+        let p = Params::try_from(&parsed).unwrap();
+        (
+            parsed.algorithm.as_str().to_string(),
+            parsed.version,
+            p.m_cost(),
+            p.t_cost(),
+            p.p_cost(),
+        )
+    }
+
+    #[test]
+    fn the_dummy_hash_is_argon2id_with_exactly_the_configured_parameters() {
+        for (m, t, p) in [(64, 1, 1), (256, 3, 2), (19456, 2, 1)] {
+            let cfg = Passwords {
+                argon2_memory_kib: m,
+                argon2_iterations: t,
+                argon2_parallelism: p,
+                ..Passwords::default()
+            };
+            let h = Hasher::new(&cfg).unwrap();
+            assert_eq!(
+                phc_params(&h.dummy),
+                ("argon2id".to_string(), Some(19), m, t, p),
+                "{}",
+                h.dummy
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_account_runs_one_argon2_verification_like_a_wrong_password() {
+        let h = Hasher::new(&small()).unwrap();
+        let hash = h.hash("correct horse".into()).await.unwrap();
+        assert_eq!(phc_params(&hash), phc_params(&h.dummy));
+        assert_eq!(h.verifications(), 0, "hashing is not verifying");
+        let wrong = h.verify("wrong".into(), Some(hash)).await.unwrap();
+        assert!(!wrong.ok);
+        assert_eq!(h.verifications(), 1);
+        let clone = h.clone();
+        for password in ["wrong", "correct horse", ""] {
+            let unknown = clone.verify(password.into(), None).await.unwrap();
+            assert!(!unknown.ok, "the dummy matched {password:?}");
+        }
+        assert_eq!(h.verifications(), 4, "one verification per unknown account");
     }
 
     #[tokio::test]

@@ -108,12 +108,16 @@ impl Default for Database {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Algorithm {
     /// Ed25519 (default): small keys, fast verification.
+    #[value(name = "EdDSA")]
     EdDSA,
     /// ECDSA P-256 with SHA-256.
+    #[value(name = "ES256")]
     ES256,
     /// RSA PKCS#1 v1.5 with SHA-256.
+    #[value(name = "RS256")]
     RS256,
     /// HMAC-SHA256 with a shared secret from the environment.
+    #[value(name = "HS256")]
     HS256,
 }
 

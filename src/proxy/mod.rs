@@ -345,10 +345,15 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.is_process_shutting_down() {
+            // Draining (SIGTERM or an upgrade): tell the client not to reuse this connection,
+            // or its next request races the close.
+            session.set_keepalive(None);
+        }
         upstream_response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         Ok(())
     }

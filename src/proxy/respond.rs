@@ -235,6 +235,10 @@ async fn write(
     no_store: bool,
     request_id: &str,
 ) {
+    if session.is_process_shutting_down() {
+        // Draining: the client must not reuse this connection (see `response_filter`).
+        session.set_keepalive(None);
+    }
     let result: pingora::Result<()> = async {
         let mut resp = ResponseHeader::build(status, Some(6))?;
         if !body.is_empty() {

@@ -116,8 +116,11 @@ impl TokenService {
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
         validation.leeway = config.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // Times are checked by `check_times` alone, at the instant the caller gives (the
+        // system clock in production), on cache hits and misses alike; jsonwebtoken's own
+        // checks would read the system clock and are no stricter.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let verified = moka::sync::Cache::builder()
             .max_capacity(100_000)
@@ -176,18 +179,29 @@ impl TokenService {
 
     /// Verifies a token. A cached verification skips the signature but never the time checks.
     pub fn verify(&self, token: &str) -> Result<Arc<Claims>, VerifyError> {
+        self.verify_at(token, now_secs())
+    }
+
+    /// [`verify`](Self::verify) as if the time were `now` (unix seconds): `now` is what
+    /// `exp`, `nbf` and `iat` are checked against, whether the token comes from the cache or
+    /// not, so tests can move the clock.
+    fn verify_at(&self, token: &str, now: i64) -> Result<Arc<Claims>, VerifyError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(claims) = self.verified.get(&digest) {
-            self.check_times(&claims, now_secs())?;
+            self.check_times(&claims, now)?;
             return Ok(claims);
         }
-        let claims = Arc::new(self.verify_uncached(token)?);
+        let claims = Arc::new(self.verify_uncached_at(token, now)?);
         self.verified.insert(digest, claims.clone());
         Ok(claims)
     }
 
     /// Full verification without the cache (benchmarks compare the two).
     pub fn verify_uncached(&self, token: &str) -> Result<Claims, VerifyError> {
+        self.verify_uncached_at(token, now_secs())
+    }
+
+    fn verify_uncached_at(&self, token: &str, now: i64) -> Result<Claims, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Algorithm)?;
         let keys = self.keys.load();
         if header.alg != jwt_algorithm(keys.algorithm) {
@@ -226,7 +240,7 @@ impl TokenService {
         if claims.iss != self.config.issuer || claims.aud != self.config.audience {
             return Err(VerifyError::Audience);
         }
-        self.check_times(&claims, now_secs())?;
+        self.check_times(&claims, now)?;
         Ok(claims)
     }
 

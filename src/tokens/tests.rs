@@ -96,12 +96,20 @@ fn unknown_kids_and_embedded_keys_are_rejected() {
         &claims,
     );
     assert_eq!(svc.verify(&t), Err(VerifyError::UnknownKey));
-    let t = forge(
-        &svc,
-        serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid,"jku":"http://evil/"}),
-        &claims,
-    );
-    assert_eq!(svc.verify(&t), Err(VerifyError::EmbeddedKey));
+    // Signed with the service's own key and otherwise the control `ok` below: the offered
+    // key is the only defect, and it is named as the reason.
+    let offers = [
+        ("jwk", svc.jwks()["keys"][0].clone()),
+        ("jku", serde_json::json!("http://evil/jwks.json")),
+        ("x5u", serde_json::json!("http://evil/cert.pem")),
+        ("x5c", serde_json::json!(["MIIBLjCB4aADAgECAhQ="])),
+    ];
+    for (field, offer) in offers {
+        let mut header = serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid});
+        header[field] = offer;
+        let t = forge(&svc, header, &claims);
+        assert_eq!(svc.verify(&t), Err(VerifyError::EmbeddedKey), "{field}");
+    }
     let t = forge(
         &svc,
         serde_json::json!({"alg":"EdDSA","typ":"JWT","kid":kid}),
@@ -258,4 +266,67 @@ fn a_new_keys_dir_is_owner_only_and_shared_writable_keys_are_refused() {
         generate_key(&dir, Algorithm::EdDSA),
         Err(KeyError::Insecure(..))
     ));
+}
+
+#[test]
+fn a_cached_verification_never_skips_the_time_checks() {
+    let (svc, _dir) = service(Algorithm::EdDSA);
+    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let claims = svc.verify(&token).unwrap();
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    assert!(
+        svc.verified.contains_key(&digest),
+        "the token was not cached"
+    );
+    // Take away the key that signed it, without clearing the cache: from here on only a cache
+    // hit can accept the token.
+    let (other, _other_dir) = service(Algorithm::EdDSA);
+    svc.keys.store(other.keys.load_full());
+    assert_eq!(svc.verify_uncached(&token), Err(VerifyError::UnknownKey));
+
+    let leeway = svc.config.leeway_secs as i64;
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway - 1),
+        Ok(claims.clone())
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + 86_400),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.nbf - leeway - 1),
+        Err(VerifyError::NotYetValid)
+    );
+    // Still cached: the refusals came from the cached entry's time checks.
+    assert!(svc.verified.contains_key(&digest));
+    assert_eq!(svc.verify(&token), Ok(claims));
+}
+
+#[test]
+fn an_uncached_verification_checks_every_time_claim_at_the_given_time() {
+    let (svc, _dir) = service(Algorithm::EdDSA);
+    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let claims = svc.verify_uncached(&token).unwrap();
+    let leeway = svc.config.leeway_secs as i64;
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway),
+        Err(VerifyError::Expired)
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.nbf.min(claims.iat) - leeway - 1),
+        Err(VerifyError::NotYetValid)
+    );
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    assert!(
+        !svc.verified.contains_key(&digest),
+        "a refused token was cached"
+    );
+    assert_eq!(
+        svc.verify_at(&token, claims.exp + leeway - 1).as_deref(),
+        Ok(&claims)
+    );
 }

@@ -349,6 +349,34 @@ async fn keys_generate_adds_a_key_that_signs_after_sighup() {
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
 }
 
+#[tokio::test]
+async fn keys_generate_accepts_algorithm_names_as_documented_in_any_case() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    for alg in ["EdDSA", "eddsa", "ES256", "es256", "RS256"] {
+        let out = gw.cli(&["keys", "generate", "--algorithm", alg], "");
+        assert!(
+            out.status.success(),
+            "{alg}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout
+                .to_ascii_lowercase()
+                .contains(&alg.to_ascii_lowercase()),
+            "{stdout}"
+        );
+    }
+    let out = gw.cli(&["keys", "generate", "--algorithm", "HS512"], "");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown algorithm is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EdDSA"));
+}
+
 /// The `kid` of a JWT's header.
 pub fn kid_of(token: &str) -> String {
     use base64::Engine as _;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -254,13 +254,52 @@ impl Echo {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// The ports `free_port` hands out: `(first, count)`, below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), so that no outgoing connection — to PostgreSQL,
+/// to an upstream — can be given one between the check and the gateway's own bind. Above the
+/// range when it leaves too little room below.
+fn port_pool() -> (u16, u16) {
+    const FLOOR: u32 = 10_000;
+    const MIN_POOL: u32 = 2_000;
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .unwrap_or_else(|_| "32768 60999".to_string());
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u32>().ok());
+    let (low, high) = (
+        bounds.next().unwrap_or(32768),
+        bounds.next().unwrap_or(60999),
+    );
+    if low >= FLOOR + MIN_POOL {
+        (FLOOR as u16, (low - FLOOR) as u16)
+    } else if high + MIN_POOL <= 65535 {
+        ((high + 1) as u16, (65535 - high) as u16)
+    } else {
+        panic!("no room outside the ephemeral port range {low}-{high} for test ports")
+    }
+}
+
+/// A TCP port on 127.0.0.1 for a process that binds its own (the gateway binary): never
+/// handed out twice by this process (one counter walks the pool once, from an offset derived
+/// from the pid so concurrent test processes start far apart), outside the ephemeral range,
+/// and free when handed out (checked by binding it). In-process servers bind port 0 and keep
+/// their listener instead.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static POOL: OnceLock<(u16, u16)> = OnceLock::new();
+    let (first, count) = *POOL.get_or_init(port_pool);
+    let offset = std::process::id().wrapping_mul(7919) % u32::from(count);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            n < u32::from(count),
+            "the test process used up its {count} ports"
+        );
+        let port = first + ((offset + n) % u32::from(count)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// How to start a gateway.
@@ -305,6 +344,8 @@ pub struct Gateway {
     pub admin_port: u16,
     pub db_url: String,
     pub dir: tempfile::TempDir,
+    /// The keys directory (its private keys sign the gateway's tokens).
+    pub keys_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: reqwest::Client,
 }
@@ -429,12 +470,13 @@ impl Gateway {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start portcullis");
-        let gw = Gateway {
+        let mut gw = Gateway {
             child: Some(child),
             port,
             admin_port,
             db_url,
             dir,
+            keys_dir: keys,
             config_path,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -450,9 +492,17 @@ impl Gateway {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 
-    async fn wait_ready(&self) {
+    /// Polls `/readyz` until it answers 200. A gateway that exited (say its port was taken
+    /// by another process after the check) fails here, rather than letting a stranger answer.
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "gateway exited ({status}) before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
             if let Ok(r) = self.http.get(self.admin("/readyz")).send().await
                 && r.status() == 200
             {
@@ -626,6 +676,65 @@ impl Gateway {
             .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
             .collect()
     }
+}
+
+/// Signs tokens with a gateway's own Ed25519 key, read from its keys directory, so that a
+/// forged token is wrong only where a test makes it wrong and never in its signature.
+pub struct Signer {
+    pub kid: String,
+    key: aws_lc_rs::signature::Ed25519KeyPair,
+}
+
+impl Signer {
+    /// The signing key of `gw` (whose keys directory must hold exactly one key).
+    pub fn of(gw: &Gateway) -> Signer {
+        let files: Vec<_> = std::fs::read_dir(&gw.keys_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let kid = files[0].file_stem().unwrap().to_str().unwrap().to_string();
+        let pem = pem::parse(std::fs::read(&files[0]).unwrap()).unwrap();
+        let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(pem.contents()).unwrap();
+        Signer { kid, key }
+    }
+
+    /// The header the gateway itself puts on its access tokens.
+    pub fn header(&self) -> Value {
+        serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": self.kid})
+    }
+
+    /// `header.claims.signature`, base64url without padding.
+    pub fn sign(&self, header: &Value, claims: &Value) -> String {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = self.key.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+}
+
+/// The header fields through which a token can offer its own verification key (API.md §4.1:
+/// `jwk`, `jku`, `x5u`, and `x5c`), as `(what, field, value)`. The `jwk` offered is the first
+/// key of `jwks` (the gateway's own public key), so what gets a token refused can only be that
+/// it offers a key, never which key.
+pub fn embedded_key_offers(jwks: &Value) -> Vec<(&'static str, &'static str, Value)> {
+    assert!(jwks["keys"][0].is_object(), "no key in {jwks}");
+    vec![
+        ("embedded jwk", "jwk", jwks["keys"][0].clone()),
+        ("jku", "jku", Value::from("https://evil.example/jwks.json")),
+        ("x5u", "x5u", Value::from("https://evil.example/cert.pem")),
+        (
+            "x5c",
+            "x5c",
+            serde_json::json!(["MIIBLjCB4aADAgECAhQ7x5cEvilCertificateChainAAAAAAAAAA=="]),
+        ),
+    ]
 }
 
 /// Runs the CLI with a config file, feeding `stdin`.

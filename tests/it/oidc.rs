@@ -32,23 +32,46 @@ struct Grant {
     challenge: String,
 }
 
-/// The provider's signing keys: the newest signs, all are published.
+/// How the provider's ID tokens go wrong: each is one defect in an otherwise valid token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// An honest provider.
+    None,
+    /// `nonce` is not the one the gateway sent.
+    WrongNonce,
+    /// `aud` names another client.
+    WrongAudience,
+    /// `iss` is not the provider's issuer.
+    WrongIssuer,
+    /// `exp` passed half an hour ago.
+    Expired,
+    /// Signed by a key the provider does not publish, under the published key's `kid`.
+    UnpublishedKey,
+}
+
+/// The provider's signing keys: the newest signs, all are published; plus one never published.
 struct IdpKeys {
     dir: tempfile::TempDir,
     signer: jsonwebtoken::EncodingKey,
     kid: String,
     jwks: Value,
+    unpublished: jsonwebtoken::EncodingKey,
+    _unpublished_dir: tempfile::TempDir,
 }
 
 impl IdpKeys {
     fn new() -> IdpKeys {
         let dir = tempfile::tempdir().unwrap();
         let (signer, kid, jwks) = Self::add_key(&dir);
+        let unpublished_dir = tempfile::tempdir().unwrap();
+        let (unpublished, _, _) = Self::add_key(&unpublished_dir);
         IdpKeys {
             dir,
             signer,
             kid,
             jwks,
+            unpublished,
+            _unpublished_dir: unpublished_dir,
         }
     }
 
@@ -78,6 +101,7 @@ struct Idp {
     issuer: String,
     grants: Arc<Mutex<HashMap<String, Grant>>>,
     keys: Arc<Mutex<IdpKeys>>,
+    fault: Arc<Mutex<Fault>>,
 }
 
 impl Idp {
@@ -86,7 +110,8 @@ impl Idp {
         let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
         let keys = Arc::new(Mutex::new(IdpKeys::new()));
         let grants: Arc<Mutex<HashMap<String, Grant>>> = Arc::default();
-        let state = (issuer.clone(), grants.clone(), keys.clone());
+        let fault = Arc::new(Mutex::new(Fault::None));
+        let state = (issuer.clone(), grants.clone(), keys.clone(), fault.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -95,7 +120,7 @@ impl Idp {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (issuer, grants, keys) = state.clone();
+                        let (issuer, grants, keys, fault) = state.clone();
                         async move {
                             let path = req.uri().path().to_string();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -114,8 +139,8 @@ impl Idp {
                                 ),
                                 "/jwks" => (200, keys.lock().unwrap().jwks.clone()),
                                 "/token" => {
-                                    let keys = keys.lock().unwrap();
-                                    token(&issuer, &grants, &keys.signer, &keys.kid, &body)
+                                    let fault = *fault.lock().unwrap();
+                                    token(&issuer, &grants, &keys.lock().unwrap(), fault, &body)
                                 }
                                 _ => (404, json!({"error": "not_found"})),
                             };
@@ -136,7 +161,13 @@ impl Idp {
             issuer,
             grants,
             keys,
+            fault,
         }
+    }
+
+    /// Makes every ID token from now on wrong in the way `fault` says.
+    fn misbehave(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
     }
 
     /// What the provider's login page would do: remember the request, hand out a code.
@@ -163,8 +194,8 @@ impl Idp {
 fn token(
     issuer: &str,
     grants: &Mutex<HashMap<String, Grant>>,
-    signer: &jsonwebtoken::EncodingKey,
-    kid: &str,
+    keys: &IdpKeys,
+    fault: Fault,
     body: &[u8],
 ) -> (u16, Value) {
     let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
@@ -182,13 +213,25 @@ fn token(
         );
     }
     let now = chrono::Utc::now().timestamp();
-    let claims = json!({
+    let mut claims = json!({
         "iss": issuer, "sub": grant.identity.sub, "aud": "portcullis",
         "exp": now + 300, "iat": now, "nonce": grant.nonce,
         "email": grant.identity.email, "email_verified": grant.identity.email_verified,
     });
+    let mut signer = &keys.signer;
+    match fault {
+        Fault::None => {}
+        Fault::WrongNonce => claims["nonce"] = json!(format!("not-{}", grant.nonce)),
+        Fault::WrongAudience => claims["aud"] = json!("another-client"),
+        Fault::WrongIssuer => claims["iss"] = json!(format!("{issuer}/elsewhere")),
+        Fault::Expired => {
+            claims["iat"] = json!(now - 3600);
+            claims["exp"] = json!(now - 1800);
+        }
+        Fault::UnpublishedKey => signer = &keys.unpublished,
+    }
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(kid.to_string());
+    header.kid = Some(keys.kid.clone());
     let id_token = jsonwebtoken::encode(&header, &claims, signer).unwrap();
     (
         200,
@@ -245,9 +288,13 @@ fn query_param(location: &str, name: &str) -> Option<String> {
 }
 
 async fn user_count(gw: &Gateway) -> i64 {
+    rows(gw, "users").await
+}
+
+async fn rows(gw: &Gateway, table: &str) -> i64 {
     connect(&gw.db_url)
         .await
-        .query_one("SELECT count(*) FROM users", &[])
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
         .unwrap()
         .get(0)
@@ -450,4 +497,42 @@ async fn a_provider_key_rotation_is_picked_up_without_a_restart() {
     assert_eq!(second.status(), 302);
     let location = second.headers()["location"].to_str().unwrap().to_string();
     assert!(query_param(&location, "login_code").is_some(), "{location}");
+}
+
+#[tokio::test]
+async fn id_tokens_with_a_wrong_nonce_audience_issuer_expiry_or_key_are_refused_without_side_effects()
+ {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let who = Identity {
+        sub: "sub-bad".into(),
+        email: "bad@example.com".into(),
+        email_verified: true,
+    };
+    for fault in [
+        Fault::WrongNonce,
+        Fault::WrongAudience,
+        Fault::WrongIssuer,
+        Fault::Expired,
+        Fault::UnpublishedKey,
+    ] {
+        idp.misbehave(fault);
+        let r = login_through(&gw, &idp, who.clone()).await;
+        assert_eq!(r.status(), 401, "{fault:?}");
+        assert!(r.headers().get("location").is_none(), "{fault:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_token", "{fault:?}: {body}");
+        for table in ["users", "oidc_identities", "oidc_login_codes", "sessions"] {
+            assert_eq!(rows(&gw, table).await, 0, "{fault:?} left a row in {table}");
+        }
+    }
+    // Control: the same login with the provider honest again succeeds, so each refusal above
+    // was the fault's doing.
+    idp.misbehave(Fault::None);
+    let r = login_through(&gw, &idp, who).await;
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(query_param(&location, "login_code").is_some(), "{location}");
+    assert_eq!(user_count(&gw).await, 1);
+    assert_eq!(rows(&gw, "oidc_login_codes").await, 1);
 }

@@ -249,7 +249,6 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
     let pair = gw.user("tamper@example.com").await;
     let good = access(&pair).to_string();
     assert_eq!(get(&gw, "/api/x", Some(&good)).await.status, 200);
-    let before = echo.count();
 
     let parts: Vec<&str> = good.split('.').collect();
     let mut sig: Vec<u8> = parts[2].bytes().collect();
@@ -271,10 +270,28 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
         header["alg"] = json!(alg);
         unsigned.push(format!("{}.{}.", b64(&header), parts[1]));
     }
-    let mut embedded = jwt_part(&good, 0);
-    embedded["jwk"] =
-        json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-    let embedded_key = format!("{}.{}.{}", b64(&embedded), parts[1], parts[2]);
+    // Keys offered in the header, on tokens signed with the gateway's real key: the control,
+    // the same header and claims without the offer and signed the same way, is accepted, so
+    // the offer is the only thing wrong with the others.
+    let signer = Signer::of(&gw);
+    let mut resigned = jwt_part(&good, 1);
+    resigned["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    let control = signer.sign(&signer.header(), &resigned);
+    for path in ["/api/x", "/opt/x"] {
+        assert_eq!(
+            get(&gw, path, Some(&control)).await.status,
+            200,
+            "control on {path}"
+        );
+    }
+    let before = echo.count();
+    let jwks: Value = gw.get("/auth/jwks.json", None).await.json().await.unwrap();
+    let mut offered_keys = Vec::new();
+    for (what, field, offer) in embedded_key_offers(&jwks) {
+        let mut header = signer.header();
+        header[field] = offer;
+        offered_keys.push((what, signer.sign(&header, &resigned)));
+    }
 
     // A token signed by another gateway (its own keys directory), valid in every other way.
     let other_echo = Echo::start().await;
@@ -289,9 +306,9 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
         ("tampered signature", tampered_signature),
         ("tampered claims", tampered_claims),
         ("signature stripped", format!("{}.{}.", parts[0], parts[1])),
-        ("embedded jwk", embedded_key),
         ("another gateway's key", foreign),
     ];
+    cases.extend(offered_keys);
     for (n, t) in unsigned.into_iter().enumerate() {
         cases.push((["alg none", "alg None", "alg NONE"][n], t));
     }
@@ -311,24 +328,39 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
     }
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 #[tokio::test]
-async fn an_expired_token_is_401_invalid_token() {
+async fn an_expired_token_is_401_invalid_token_even_when_its_verification_is_cached() {
     let echo = Echo::start().await;
     let mut opts = Options::new(echo.addr);
-    opts.tokens = "access_ttl_secs = 2\nleeway_secs = 0\n".into();
+    // Access tokens live 900 s, so the verified-token cache keeps an entry for 901 s: far past
+    // the short `exp` given below. Only the expiry check made on the cache hit can refuse it.
+    opts.tokens = "leeway_secs = 1\n".into();
     let gw = Gateway::start(opts).await;
     let pair = gw.user("expiry@example.com").await;
-    assert_eq!(get(&gw, "/api/x", Some(access(&pair))).await.status, 200);
-    let exp = jwt_part(access(&pair), 1)["exp"].as_i64().unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64()
-    };
-    tokio::time::sleep(Duration::from_secs_f64((exp as f64 - now()).max(0.0) + 0.2)).await;
+    let signer = Signer::of(&gw);
+    let now = unix_now() as i64;
+    let mut claims = jwt_part(access(&pair), 1);
+    claims["jti"] = json!(uuid::Uuid::new_v4().to_string());
+    claims["iat"] = json!(now);
+    claims["nbf"] = json!(now);
+    claims["exp"] = json!(now + 2);
+    let token = signer.sign(&signer.header(), &claims);
+    // Accepted, and so cached.
+    assert_eq!(get(&gw, "/api/x", Some(&token)).await.status, 200);
+    let refused_from = (now + 2 + 1) as f64;
+    tokio::time::sleep(Duration::from_secs_f64(
+        (refused_from - unix_now()).max(0.0) + 0.2,
+    ))
+    .await;
     let before = echo.count();
-    let r = get(&gw, "/api/x", Some(access(&pair))).await;
+    let r = get(&gw, "/api/x", Some(&token)).await;
     assert_rejected(&r, 401, "invalid_token", &echo, before, "expired token");
     assert_eq!(r.header("www-authenticate"), Some(INVALID_TOKEN));
 }
@@ -1116,38 +1148,71 @@ async fn listeners(db_url: &str) -> i64 {
 #[tokio::test]
 async fn revocation_survives_a_killed_listen_connection_and_propagates_again_after_reconnect() {
     let echo = Echo::start().await;
-    let (a, b, _keys) = two_instances(&echo, "cache_ttl_secs = 2\n").await;
-    let pair = a.user("listen@example.com").await;
-    let token = access(&pair);
-    assert_eq!(get(&b, "/api/r", Some(token)).await.status, 200);
-
-    assert!(
+    // An hour of cache: nothing here can become visible through the TTL, only through the
+    // LISTEN connection (its notifications, and the cache clear when it comes back).
+    let (a, b, _keys) = two_instances(&echo, "cache_ttl_secs = 3600\n").await;
+    let both_listening = || async {
         eventually(Duration::from_secs(10), || async {
             listeners(&b.db_url).await == 2
         })
         .await
-        .is_some(),
+        .is_some()
+    };
+    assert!(
+        both_listening().await,
         "both instances should hold a LISTEN connection"
     );
+
+    // A revocation that sends no notification at all stays invisible to B's cache …
+    let pair = a.user("listen@example.com").await;
+    let token = access(&pair);
+    assert_eq!(get(&b, "/api/r", Some(token)).await.status, 200);
+    let db = connect(&b.db_url).await;
+    let sid = uuid::Uuid::parse_str(jwt_part(token, 1)["sid"].as_str().unwrap()).unwrap();
+    let n = db
+        .execute(
+            "UPDATE sessions SET revoked_at = now() WHERE id = $1",
+            &[&sid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        get(&b, "/api/r", Some(token)).await.status,
+        200,
+        "B should still answer from its cache: nothing told it of the revocation"
+    );
+    // … until the LISTEN connection is killed: on reconnect B forgets what it may have missed.
+    assert_eq!(kill_listener(&b.db_url).await, 2);
+    assert!(
+        until_refused(&b, token, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a revocation missed while LISTEN was down was never enforced after the reconnect; log:\n{}",
+        b.log()
+    );
+
+    // A revocation made right after the kill, while B may still be reconnecting, is enforced.
+    assert!(both_listening().await, "LISTEN did not come back");
+    let pair = a.login("listen@example.com", "password-123").await;
+    let token = access(&pair);
+    assert_eq!(get(&b, "/api/r", Some(token)).await.status, 200);
     assert_eq!(kill_listener(&b.db_url).await, 2);
     let r = a
         .post("/auth/logout", json!({ "refresh_token": refresh(&pair) }))
         .await;
     assert_eq!(r.status(), 204);
     assert!(
-        until_refused(&b, token, Duration::from_secs(3))
+        until_refused(&b, token, Duration::from_secs(5))
             .await
             .is_some(),
-        "the revocation was not enforced within cache_ttl_secs after the LISTEN connection died"
+        "a logout during the reconnect was never enforced by B; log:\n{}",
+        b.log()
     );
 
     // Both listeners come back, and a fresh revocation propagates fast again.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            listeners(&b.db_url).await == 2
-        })
-        .await
-        .is_some(),
+        both_listening().await,
         "the LISTEN connections were not re-established; log:\n{}",
         b.log()
     );

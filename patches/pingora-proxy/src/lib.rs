@@ -80,6 +80,10 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// portcullis patch: how long an idle keep-alive connection may still bring one last request
+/// (answered with `Connection: close`) after a graceful shutdown or upgrade begins.
+const IDLE_KEEPALIVE_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -332,7 +336,13 @@ where
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
+            _ = async {
+                self.await_shutdown().await;
+                // portcullis patch: an idle keep-alive connection dropped the instant shutdown
+                // begins races a request its client is sending right then (a reset). Give it
+                // a moment: a request that arrives is served with `Connection: close`.
+                tokio::time::sleep(IDLE_KEEPALIVE_DRAIN).await;
+            } => {
                 // service shutting down, dropping the connection to stop more req from coming in
                 return None;
             }
