@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
