@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use portcullis::auth::{AuthError, create_account, password::Hasher};
-use portcullis::config::{Algorithm, Config, ConfigError};
+use portcullis::config::{Algorithm, Config, ConfigError, Problem};
 use portcullis::model::Role;
 use portcullis::store::{self, Store};
 
@@ -88,18 +88,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
-        Err(ConfigError::Invalid(problems)) => {
-            eprintln!("{}: invalid configuration:", cli.config.display());
-            for p in &problems {
-                eprintln!("  {p}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(ConfigError::Invalid(problems)) => return invalid(&cli.config, &problems),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
+        // Certificate files are checked where they are used, not by every subcommand.
+        let problems = portcullis::tls::check(&config, &cli.config);
+        if !problems.is_empty() {
+            return invalid(&cli.config, &problems);
+        }
+    }
     let result = match cli.command {
         Command::CheckConfig => {
             println!(
@@ -131,6 +132,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints every problem of an invalid configuration; exit 1.
+fn invalid(path: &Path, problems: &[Problem]) -> ExitCode {
+    eprintln!("{}: invalid configuration:", path.display());
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::FAILURE
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
