@@ -8,4 +8,5 @@ mod foundation;
 mod auth;
 mod oidc;
 mod proxy;
+mod tls;
 mod websocket;
