@@ -59,6 +59,9 @@ pub enum BuildError {
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// ACME certificate manager.
+    #[error(transparent)]
+    Acme(#[from] tls::acme::AcmeError),
     /// TLS certificates.
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
@@ -150,7 +153,11 @@ pub fn build_server(
     // The TLS listener is a second endpoint of the same service: same phases, same rules.
     let resolver = match &config.server.tls {
         Some(tls) => {
-            let resolver = Arc::new(tls::CertResolver::load(&tls.certs, tls.min_version)?);
+            let resolver = Arc::new(tls::CertResolver::load(
+                &tls.certs,
+                tls.min_version,
+                config.acme.enabled,
+            )?);
             for (names, not_after) in resolver.current().summary() {
                 tracing::info!(?names, not_after, "TLS certificate loaded");
             }
@@ -173,6 +180,20 @@ pub fn build_server(
     );
     admin.add_tcp(&admin_listen);
     server.add_service(admin);
+
+    if config.acme.enabled
+        && let Some(resolver) = &resolver
+    {
+        let manager = Arc::new(tls::acme::AcmeManager::new(
+            config.acme.clone(),
+            store.clone(),
+            resolver.clone(),
+        )?);
+        server.add_service(proxy::services::task("acme", move || {
+            let manager = manager.clone();
+            async move { manager.run().await }
+        }));
+    }
 
     let url = store.url().to_string();
     let listener_shared = shared.clone();

@@ -32,6 +32,43 @@ pub struct Config {
     /// External OpenID Connect providers.
     #[serde(rename = "oidc")]
     pub oidc: Vec<Oidc>,
+    /// Automatic certificates for the TLS listener.
+    pub acme: Acme,
+}
+
+/// `[acme]`: certificates from an ACME CA (RFC 8555), shared by every instance through
+/// PostgreSQL.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    /// Off unless asked for.
+    pub enabled: bool,
+    /// The CA's directory.
+    pub directory_url: String,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// One certificate for these names.
+    pub domains: Vec<String>,
+    /// Challenge type; `http-01` is answered on `server.listen`.
+    pub challenge: String,
+    /// Extra root (PEM file) trusted for `directory_url`; empty = the system roots.
+    pub ca_cert: String,
+    /// Renew when the certificate has fewer days left than this.
+    pub renew_before_days: u64,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            enabled: false,
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: Vec::new(),
+            domains: Vec::new(),
+            challenge: "http-01".into(),
+            ca_cert: String::new(),
+            renew_before_days: 30,
+        }
+    }
 }
 
 /// `[server]`

@@ -166,8 +166,9 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     }
 
     if let Some(tls) = &s.tls {
-        validate_tls(&mut r, s, tls);
+        validate_tls(&mut r, s, tls, config.acme.enabled);
     }
+    validate_acme(&mut r, config);
 
     let db = &config.database;
     if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://")) {
@@ -408,7 +409,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
 }
 
 /// `[server.tls]` rules that need no file access (the files are checked by `tls::check`).
-fn validate_tls(r: &mut Report<'_>, server: &super::Server, tls: &super::Tls) {
+fn validate_tls(r: &mut Report<'_>, server: &super::Server, tls: &super::Tls, acme: bool) {
     let at = |k| [Seg::Key("server"), Seg::Key("tls"), Seg::Key(k)];
     for (other, name) in [
         (server.listen, "server.listen"),
@@ -418,10 +419,11 @@ fn validate_tls(r: &mut Report<'_>, server: &super::Server, tls: &super::Tls) {
             r.add(&at("listen"), format!("must not share a port with {name}"));
         }
     }
-    if tls.certs.is_empty() {
+    if tls.certs.is_empty() && !acme {
         r.add(
             &at("certs"),
-            "needs at least one { cert = \"…pem\", key = \"…key\" } (the first is the default)",
+            "needs at least one { cert = \"…pem\", key = \"…key\" } (the first is the default), \
+             or [acme] enabled = true",
         );
     }
     for (i, c) in tls.certs.iter().enumerate() {
@@ -439,6 +441,54 @@ fn validate_tls(r: &mut Report<'_>, server: &super::Server, tls: &super::Tls) {
                 );
             }
         }
+    }
+}
+
+/// `[acme]` rules (only when enabled; the CA itself is only reached by `serve`).
+fn validate_acme(r: &mut Report<'_>, config: &Config) {
+    let acme = &config.acme;
+    if !acme.enabled {
+        return;
+    }
+    let at = |k| [Seg::Key("acme"), Seg::Key(k)];
+    if config.server.tls.is_none() {
+        r.add(
+            &at("enabled"),
+            "needs a [server.tls] listener to serve the certificate on",
+        );
+    }
+    if !(acme.directory_url.starts_with("https://") || acme.directory_url.starts_with("http://")) {
+        r.add(&at("directory_url"), "must be an http(s) URL");
+    }
+    if acme.domains.is_empty() {
+        r.add(&at("domains"), "needs at least one domain name");
+    }
+    for d in &acme.domains {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && !d.starts_with('.')
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*'));
+        if !ok {
+            r.add(&at("domains"), format!("{d:?} is not a DNS name"));
+        }
+    }
+    if acme.challenge != "http-01" {
+        r.add(
+            &at("challenge"),
+            format!(
+                "{:?} is not supported (supported: \"http-01\")",
+                acme.challenge
+            ),
+        );
+    }
+    for c in &acme.contact {
+        if !c.starts_with("mailto:") {
+            r.add(&at("contact"), format!("{c:?} must be a mailto: URL"));
+        }
+    }
+    if acme.renew_before_days == 0 || acme.renew_before_days > 60 {
+        r.add(&at("renew_before_days"), "must be between 1 and 60");
     }
 }
 

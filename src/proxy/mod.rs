@@ -33,6 +33,9 @@ use crate::tokens::Claims;
 use respond::ApiError;
 use upstream::{UpstreamError, UpstreamPool, build_pools};
 
+/// Where the CA fetches HTTP-01 answers (any instance answers from the database).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// What can change on reload: the route table and the upstream pools, built together from
 /// one config and swapped atomically.
 #[derive(Debug)]
@@ -163,6 +166,7 @@ impl Gateway {
         if let Err(e) = forward::check_framing(session.req_header(), raw_head.as_deref()) {
             return Decision::Reject(e);
         }
+        let policy = shared.live.load().path_policy;
         ctx.request_id = forward::request_id(session.req_header());
         ctx.peer_ip = session
             .client_addr()
@@ -171,7 +175,6 @@ impl Gateway {
         ctx.client_ip = shared
             .forwarding
             .client_ip(ctx.peer_ip, session.req_header());
-        let policy = shared.live.load().path_policy;
         let path = match normalize_with(session.req_header().uri.path(), policy) {
             Ok(p) => p,
             Err(e) => return Decision::Reject(e.into()),
@@ -180,6 +183,19 @@ impl Gateway {
             ctx.route_label = "/auth";
             ctx.status = auth_api::handle(shared, session, ctx, &path).await;
             return Decision::Responded;
+        }
+        if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
+            && shared.live.load().config.acme.enabled
+        {
+            ctx.route_label = "/.well-known/acme-challenge/";
+            return match shared.store.acme_challenge(token).await {
+                Ok(Some(answer)) => {
+                    ctx.status = respond::text(session, answer, &ctx.request_id).await;
+                    Decision::Responded
+                }
+                Ok(None) => Decision::Reject(ApiError::not_found()),
+                Err(_) => Decision::Reject(ApiError::unavailable()),
+            };
         }
         let live = shared.live.load();
         let req = session.req_header();

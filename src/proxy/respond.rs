@@ -235,6 +235,20 @@ pub async fn permanent_redirect(session: &mut Session, location: &str, request_i
     308
 }
 
+/// Writes a 200 `text/plain` body (an ACME HTTP-01 challenge answer).
+pub async fn text(session: &mut Session, body: String, request_id: &str) -> u16 {
+    write(
+        session,
+        200,
+        body.into_bytes(),
+        &[("Content-Type", "text/plain")],
+        false,
+        request_id,
+    )
+    .await;
+    200
+}
+
 /// Writes an empty response (204).
 pub async fn empty(session: &mut Session, status: u16, request_id: &str) -> u16 {
     write(session, status, Vec::new(), &[], true, request_id).await;
@@ -255,7 +269,10 @@ async fn write(
     }
     let result: pingora::Result<()> = async {
         let mut resp = ResponseHeader::build(status, Some(6))?;
-        if !body.is_empty() {
+        let typed = headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !typed {
             resp.insert_header("Content-Type", "application/json")?;
         }
         resp.insert_header("Content-Length", body.len().to_string())?;

@@ -115,11 +115,21 @@ pub fn load(index: usize, files: &CertFiles) -> Result<LoadedCert, CertError> {
         problem,
     };
     let cert_pem = read(&files.cert).map_err(|p| err(Field::Cert, p))?;
-    let chain = parse_chain(&cert_pem).map_err(|p| err(Field::Cert, p))?;
-    let (names, not_after) = inspect_leaf(&chain).map_err(|p| err(Field::Cert, p))?;
     let key_pem = read(&files.key).map_err(|p| err(Field::Key, p))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        err(
+    from_pem(&cert_pem, &key_pem, &files.cert).map_err(|(field, p)| err(field, p))
+}
+
+/// Parses and checks a certificate chain and its key given as PEM (files, or the ACME
+/// certificate kept in the database); `cert_name` names the chain in a mismatch message.
+pub fn from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+) -> Result<LoadedCert, (Field, CertProblem)> {
+    let chain = parse_chain(cert_pem).map_err(|p| (Field::Cert, p))?;
+    let (names, not_after) = inspect_leaf(&chain).map_err(|p| (Field::Cert, p))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        (
             Field::Key,
             match e {
                 pem::Error::NoItemsFound => CertProblem::NoKey,
@@ -127,12 +137,12 @@ pub fn load(index: usize, files: &CertFiles) -> Result<LoadedCert, CertError> {
             },
         )
     })?;
-    let provider = provider().map_err(|e| err(Field::Key, CertProblem::BadKey(e)))?;
+    let provider = provider().map_err(|e| (Field::Key, CertProblem::BadKey(e)))?;
     let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
-        err(
+        (
             Field::Key,
             match e {
-                RusTlsError::InconsistentKeys(_) => CertProblem::KeyMismatch(files.cert.clone()),
+                RusTlsError::InconsistentKeys(_) => CertProblem::KeyMismatch(cert_name.to_string()),
                 other => CertProblem::BadKey(other.to_string()),
             },
         )

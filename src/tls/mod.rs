@@ -3,6 +3,7 @@
 //! bytes (`hello`), and where plain HTTP is redirected (`redirect`). The Pingora listener is wired in `lib.rs` and `proxy/edge.rs`; the types here
 //! are rustls's, taken through Pingora's re-export so both use one rustls.
 
+pub mod acme;
 pub mod certs;
 pub mod hello;
 pub mod redirect;

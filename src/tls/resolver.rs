@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
 
@@ -22,9 +22,10 @@ pub struct CertStore {
 }
 
 impl CertStore {
-    /// Loads every pair; the first problem found fails the whole load.
-    pub fn load(files: &[CertFiles]) -> Result<CertStore, TlsError> {
-        if files.is_empty() {
+    /// Loads every pair; the first problem found fails the whole load. No files is valid only
+    /// with ACME (`allow_empty`), which supplies the certificate.
+    pub fn load(files: &[CertFiles], allow_empty: bool) -> Result<CertStore, TlsError> {
+        if files.is_empty() && !allow_empty {
             return Err(TlsError::NoCertificates);
         }
         let certs = files
@@ -80,6 +81,15 @@ pub fn choose<'a>(names: impl Iterator<Item = &'a [String]> + Clone, sni: Option
     exact.or_else(wildcard).unwrap_or(0)
 }
 
+/// Whether SAN `names` cover `sni`: exactly, or by a `*.` wildcard for one label.
+pub fn covers(names: &[String], sni: &str) -> bool {
+    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+    let parent = sni.split_once('.').map(|(_, p)| p);
+    names
+        .iter()
+        .any(|n| *n == sni || n.strip_prefix("*.").is_some_and(|p| parent == Some(p)))
+}
+
 /// TLS 1.3 cipher suites are 0x1301..=0x1305 (RFC 8446 B.4; 0x1304/5 are the CCM ones).
 fn is_tls13_suite(id: u16) -> bool {
     (0x1301..=0x1305).contains(&id)
@@ -89,16 +99,48 @@ fn is_tls13_suite(id: u16) -> bool {
 #[derive(Debug)]
 pub struct CertResolver {
     store: ArcSwap<CertStore>,
+    /// The ACME certificate (or its self-signed placeholder until the first is issued).
+    acme: ArcSwapOption<LoadedCert>,
+    acme_enabled: bool,
     tls13_only: bool,
 }
 
 impl CertResolver {
-    /// Loads the configured certificates; `min_version` is fixed for the process.
-    pub fn load(files: &[CertFiles], min_version: TlsVersion) -> Result<CertResolver, TlsError> {
+    /// Loads the configured certificates; `min_version` is fixed for the process. With
+    /// `acme`, the file list may be empty: the ACME certificate is then the default.
+    pub fn load(
+        files: &[CertFiles],
+        min_version: TlsVersion,
+        acme: bool,
+    ) -> Result<CertResolver, TlsError> {
         Ok(CertResolver {
-            store: ArcSwap::from_pointee(CertStore::load(files)?),
+            store: ArcSwap::from_pointee(CertStore::load(files, acme)?),
+            acme: ArcSwapOption::empty(),
+            acme_enabled: acme,
             tls13_only: min_version == TlsVersion::V1_3,
         })
+    }
+
+    /// Serves `cert` for its names (and for every name when no file certificate is
+    /// configured) from the next handshake on.
+    pub fn set_acme(&self, cert: LoadedCert) {
+        self.acme.store(Some(Arc::new(cert)));
+    }
+
+    /// The ACME certificate being served, if any.
+    pub fn acme(&self) -> Option<Arc<LoadedCert>> {
+        self.acme.load_full()
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let store = self.store.load();
+        if let Some(acme) = self.acme.load().as_ref() {
+            let matches = sni.is_some_and(|sni| covers(&acme.names, sni));
+            if store.certs.is_empty() || matches {
+                return Some(acme.key.clone());
+            }
+        }
+        store.key(sni)
     }
 
     /// The current set.
@@ -109,7 +151,7 @@ impl CertResolver {
     /// Loads `files` and swaps them in for new handshakes; on any problem the old set keeps
     /// serving and the error is returned.
     pub fn reload(&self, files: &[CertFiles]) -> Result<(), TlsError> {
-        let store = CertStore::load(files)?;
+        let store = CertStore::load(files, self.acme_enabled)?;
         self.store.store(Arc::new(store));
         Ok(())
     }
@@ -128,7 +170,7 @@ impl ResolvesServerCert for CertResolver {
             tracing::debug!("TLS handshake refused: the client offers no TLS 1.3 cipher suite");
             return None;
         }
-        self.store.load().key(hello.server_name())
+        self.pick(hello.server_name())
     }
 }
 
@@ -175,6 +217,16 @@ mod tests {
         let list = names(&[&["*.b.test"], &["x.b.test"]]);
         assert_eq!(pick(&list, Some("x.b.test")), 1);
         assert_eq!(pick(&list, Some("y.b.test")), 0);
+    }
+
+    #[test]
+    fn covers_matches_exact_names_and_one_label_wildcards() {
+        let ns = vec!["gw.test".to_string(), "*.api.test".to_string()];
+        assert!(covers(&ns, "GW.test."));
+        assert!(covers(&ns, "x.api.test"));
+        assert!(!covers(&ns, "api.test"));
+        assert!(!covers(&ns, "y.x.api.test"));
+        assert!(!covers(&ns, "other.test"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod harness;
 
 mod foundation;
 
+mod acme;
 mod auth;
 mod oidc;
 mod proxy;
