@@ -91,6 +91,8 @@ pub struct Server {
     /// Unix socket through which `serve --upgrade` takes over the listening sockets of the
     /// running instance; old and new process must agree on it.
     pub upgrade_sock: String,
+    /// Largest request head (target plus every header name and value) accepted; larger → 431.
+    pub max_header_bytes: usize,
     /// `[server.tls]`: a TLS listener beside the plain one; absent = no TLS.
     pub tls: Option<Tls>,
 }
@@ -105,6 +107,7 @@ impl Default for Server {
             shutdown_grace_secs: 5,
             allow_path_parameters: false,
             upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
+            max_header_bytes: 16384,
             tls: None,
         }
     }

@@ -158,6 +158,12 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     };
     let s = &config.server;
     r.at_least("server", "threads", s.threads as u64, 1);
+    r.at_least(
+        "server",
+        "max_header_bytes",
+        s.max_header_bytes as u64,
+        1024,
+    );
     if s.listen == s.admin_listen {
         r.add(
             &[Seg::Key("server"), Seg::Key("admin_listen")],

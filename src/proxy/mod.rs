@@ -166,7 +166,17 @@ impl Gateway {
         if let Err(e) = forward::check_framing(session.req_header(), raw_head.as_deref()) {
             return Decision::Reject(e);
         }
-        let policy = shared.live.load().path_policy;
+        let (policy, max_head) = {
+            let live = shared.live.load();
+            (live.path_policy, live.config.server.max_header_bytes)
+        };
+        if forward::head_bytes(session.req_header()) > max_head {
+            return Decision::Reject(ApiError::new(
+                431,
+                "request_header_fields_too_large",
+                "the request headers are too large",
+            ));
+        }
         ctx.request_id = forward::request_id(session.req_header());
         ctx.peer_ip = session
             .client_addr()
@@ -297,7 +307,7 @@ impl ProxyHttp for Gateway {
                 if ctx.request_id.is_empty() {
                     ctx.request_id = uuid::Uuid::new_v4().to_string();
                 }
-                if err.status == 400 {
+                if matches!(err.status, 400 | 431) {
                     session.set_keepalive(None);
                 }
                 ctx.status = respond::error(session, &err, &ctx.request_id).await;
