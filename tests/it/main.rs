@@ -7,5 +7,6 @@ mod foundation;
 
 mod auth;
 mod oidc;
+mod operators;
 mod proxy;
 mod websocket;
