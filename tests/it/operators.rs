@@ -190,8 +190,9 @@ fn line_after<'a>(text: &'a str, label: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-/// Every case is asked of `routes explain` and of the running proxy; the two must agree on
-/// the decision, the status and, when forwarded, on the path the upstream receives.
+/// Every case is asked of `routes explain`, of the admin listener's `/routes/explain` and of
+/// the running proxy; they must agree on the decision, the status and, when forwarded, on the
+/// path the upstream receives.
 #[tokio::test]
 async fn routes_explain_agrees_with_the_real_proxy() {
     let echo = Echo::start().await;
@@ -282,6 +283,30 @@ async fn routes_explain_agrees_with_the_real_proxy() {
             assert!(out.status.success(), "{args:?}: {text}{}", stderr(&out));
             let decision = line_after(&text, "decision:").unwrap();
             let case = format!("{args:?}\n{text}\nproxy: {raw}");
+            if !args.contains(&"--token") {
+                // The running instance's admin listener explains it the same way.
+                let role = if args.contains(&"--role") {
+                    *caller
+                } else {
+                    ""
+                };
+                let live: Value = gw
+                    .http
+                    .get(gw.admin("/routes/explain"))
+                    .query(&[
+                        ("method", *method),
+                        ("url", *target),
+                        ("host", *host),
+                        ("role", role),
+                    ])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(live["decision"], decision, "{case}\nadmin: {live}");
+            }
             if decision == "forward" {
                 assert_eq!(status, 200, "{case}");
                 let receives = line_after(&text, "upstream:")
