@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,12 @@ pub enum BuildError {
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// TLS certificates.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TLS listener's settings.
+    #[error("tls listener: {0}")]
+    TlsListener(String),
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
@@ -140,6 +147,24 @@ pub fn build_server(
         "portcullis proxy",
     );
     proxy.add_tcp(&listen);
+    // The TLS listener is a second endpoint of the same service: same phases, same rules.
+    let resolver = match &config.server.tls {
+        Some(tls) => {
+            let resolver = Arc::new(tls::CertResolver::load(&tls.certs, tls.min_version)?);
+            for (names, not_after) in resolver.current().summary() {
+                tracing::info!(?names, not_after, "TLS certificate loaded");
+            }
+            let settings = proxy::edge::tls_settings(resolver.clone(), tls.http2)
+                .map_err(|e| BuildError::TlsListener(e.to_string()))?;
+            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+            let tls13_only = tls.min_version == config::TlsVersion::V1_3;
+            proxy
+                .endpoints()
+                .set_pre_tls_callback(proxy::edge::first_bytes(tls13_only));
+            Some(resolver)
+        }
+        None => None,
+    };
     server.add_service(proxy);
 
     let mut admin = pingora::services::listening::Service::new(
@@ -164,7 +189,9 @@ pub fn build_server(
     }));
     let path: PathBuf = config_path.to_path_buf();
     server.add_service(proxy::services::task("config reload", move || {
-        reload::Reloader::new(path.clone(), shared.clone(), tokens.clone()).run()
+        reload::Reloader::new(path.clone(), shared.clone(), tokens.clone())
+            .with_certificates(resolver.clone())
+            .run()
     }));
     Ok(server)
 }

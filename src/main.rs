@@ -7,7 +7,7 @@
 
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -16,7 +16,7 @@ use cli::keys::KeysCommand;
 use cli::routes::RoutesCommand;
 use cli::sessions::SessionsCommand;
 use cli::user::UserCommand;
-use portcullis::config::{Config, ConfigError};
+use portcullis::config::{Config, ConfigError, Problem};
 
 /// mimalloc: the proxy path is allocation-heavy (Pingora's per-request buffers) and glibc
 /// malloc showed up at ~12% of a protected-route profile.
@@ -110,18 +110,19 @@ fn main() -> ExitCode {
     };
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
-        Err(ConfigError::Invalid(problems)) => {
-            eprintln!("{}: invalid configuration:", cli.config.display());
-            for p in &problems {
-                eprintln!("  {p}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(ConfigError::Invalid(problems)) => return invalid(&cli.config, &problems),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
+        // Certificate files are checked where they are used, not by every subcommand.
+        let problems = portcullis::tls::check(&config, &cli.config);
+        if !problems.is_empty() {
+            return invalid(&cli.config, &problems);
+        }
+    }
     let result = match cli.command {
         Command::CheckConfig => cli::serve::check_config(&config, &cli.config),
         Command::Migrate => cli::serve::migrate(&config, true),
@@ -138,4 +139,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints every problem of an invalid configuration; exit 1.
+fn invalid(path: &Path, problems: &[Problem]) -> ExitCode {
+    eprintln!("{}: invalid configuration:", path.display());
+    for p in problems {
+        eprintln!("  {p}");
+    }
+    ExitCode::FAILURE
 }

@@ -246,6 +246,8 @@ pub fn check_framing(
         ));
     }
     match counts.host {
+        // HTTP/2 carries the host in `:authority`.
+        0 if req.version == http::Version::HTTP_2 && req.uri.authority().is_some() => {}
         0 => return Err(ApiError::bad_request("the request has no Host header")),
         1 => {}
         _ => {

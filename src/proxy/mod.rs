@@ -2,6 +2,7 @@
 //! `access/` (the decision), `auth_api` (the /auth endpoints) and `respond` (every error).
 
 pub mod auth_api;
+pub mod edge;
 mod forward;
 pub mod respond;
 pub mod services;
@@ -16,6 +17,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -71,6 +73,8 @@ pub struct Shared {
     pub store: Store,
     /// Fixed at start: identity header names (lower-case, `_` as `-`) and trusted proxies.
     pub forwarding: forward::Forwarding,
+    /// Fixed at start: HSTS and the https redirect (`[server.tls]`).
+    pub edge: edge::Edge,
 }
 
 impl std::fmt::Debug for Shared {
@@ -96,6 +100,7 @@ impl Shared {
             metrics,
             store,
             forwarding: forward::Forwarding::new(config),
+            edge: edge::Edge::new(config),
         }
     }
 }
@@ -173,7 +178,8 @@ impl Gateway {
             host: req
                 .headers
                 .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok()),
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str())), // HTTP/2 `:authority`
             bearer: bearer(
                 req.headers
                     .get_all("authorization")
@@ -266,7 +272,14 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        self.shared.edge.init_downstream_modules(modules);
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.shared.edge.answered(session, ctx).await {
+            return Ok(true);
+        }
         match self.decide(session, ctx).await {
             Decision::Forward => Ok(false),
             Decision::Responded => Ok(true),

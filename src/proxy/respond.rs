@@ -225,6 +225,20 @@ pub async fn redirect(session: &mut Session, location: &str, request_id: &str) -
     302
 }
 
+/// Writes a 308 to `location` (the plain listener's https redirect; method and body kept).
+pub async fn permanent_redirect(session: &mut Session, location: &str, request_id: &str) -> u16 {
+    write(
+        session,
+        308,
+        Vec::new(),
+        &[("Location", location)],
+        false,
+        request_id,
+    )
+    .await;
+    308
+}
+
 /// Writes an empty response (204).
 pub async fn empty(session: &mut Session, status: u16, request_id: &str) -> u16 {
     write(session, status, Vec::new(), &[], true, request_id).await;
@@ -257,7 +271,8 @@ async fn write(
         for (name, value) in headers {
             resp.append_header(name.to_string(), value.to_string())?;
         }
-        let empty = body.is_empty();
+        // A HEAD answer carries the length but no body (HTTP/2 resets a stream that sends one).
+        let empty = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), empty).await?;
         if !empty {
             session

@@ -9,4 +9,5 @@ mod auth;
 mod oidc;
 mod operators;
 mod proxy;
+mod tls;
 mod websocket;
