@@ -4,6 +4,7 @@
 pub mod email;
 pub mod limits;
 pub mod oidc;
+pub mod operator;
 pub mod password;
 mod service;
 

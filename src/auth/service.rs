@@ -17,9 +17,7 @@ use super::password::Hasher;
 use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
 use crate::model::{Role, SessionInfo, User};
-use crate::store::{
-    AdminUpdate, AdminUpdateOutcome, NewSession, RefreshOutcome, Store, StoreError, Successor,
-};
+use crate::store::{AdminUpdate, NewSession, RefreshOutcome, Store, StoreError, Successor};
 use crate::tokens::{Claims, TokenService, now_secs};
 
 /// Who is calling, as far as the limits and the session list care.
@@ -432,22 +430,13 @@ impl AuthService {
         update: AdminUpdate,
     ) -> Result<User, AuthError> {
         Self::require_admin(caller)?;
-        match self.store.admin_update_user(id, update).await? {
-            AdminUpdateOutcome::Updated(user) => Ok(user),
-            AdminUpdateOutcome::NotFound => Err(AuthError::NotFound("no such user")),
-            AdminUpdateOutcome::LastAdmin => Err(AuthError::Conflict(
-                "this change would leave no active admin",
-            )),
-        }
+        super::operator::update_user(&self.store, id, update).await
     }
 
     /// Revokes every session of a user.
     pub async fn admin_revoke_sessions(&self, caller: &Claims, id: Uuid) -> Result<(), AuthError> {
         Self::require_admin(caller)?;
-        if !self.store.user_exists(id).await? {
-            return Err(AuthError::NotFound("no such user"));
-        }
-        Ok(self.store.revoke_all_sessions(id).await?)
+        super::operator::revoke_all_sessions(&self.store, id).await
     }
 }
 

@@ -22,9 +22,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access::{
-    Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer, normalize_with,
-};
+use crate::access::{self, Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
@@ -157,6 +155,39 @@ enum Decision {
 }
 
 impl Gateway {
+    /// Answers an ACME HTTP-01 challenge from the database (any instance can), before any
+    /// route could claim the path; `None` when this is not one.
+    async fn acme_challenge(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Decision> {
+        let shared = &*self.shared;
+        let policy = {
+            let live = shared.live.load();
+            if !live.config.acme.enabled
+                || !session
+                    .req_header()
+                    .uri
+                    .path()
+                    .starts_with(ACME_CHALLENGE_PREFIX)
+            {
+                return None;
+            }
+            live.path_policy
+        };
+        let path = match access::normalize_with(session.req_header().uri.path(), policy) {
+            Ok(p) => p,
+            Err(e) => return Some(Decision::Reject(e.into())),
+        };
+        let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
+        ctx.route_label = "/.well-known/acme-challenge/";
+        Some(match shared.store.acme_challenge(token).await {
+            Ok(Some(answer)) => {
+                ctx.status = respond::text(session, answer, &ctx.request_id).await;
+                Decision::Responded
+            }
+            Ok(None) => Decision::Reject(ApiError::not_found()),
+            Err(_) => Decision::Reject(ApiError::unavailable()),
+        })
+    }
+
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Decision {
         let shared = &*self.shared;
         let raw_head = session
@@ -166,10 +197,7 @@ impl Gateway {
         if let Err(e) = forward::check_framing(session.req_header(), raw_head.as_deref()) {
             return Decision::Reject(e);
         }
-        let (policy, max_head) = {
-            let live = shared.live.load();
-            (live.path_policy, live.config.server.max_header_bytes)
-        };
+        let max_head = shared.live.load().config.server.max_header_bytes;
         if forward::head_bytes(session.req_header()) > max_head {
             return Decision::Reject(ApiError::new(
                 431,
@@ -185,74 +213,73 @@ impl Gateway {
         ctx.client_ip = shared
             .forwarding
             .client_ip(ctx.peer_ip, session.req_header());
-        let path = match normalize_with(session.req_header().uri.path(), policy) {
-            Ok(p) => p,
-            Err(e) => return Decision::Reject(e.into()),
-        };
-        if auth_api::is_auth_path(&path) {
-            ctx.route_label = "/auth";
-            ctx.status = auth_api::handle(shared, session, ctx, &path).await;
-            return Decision::Responded;
+        if let Some(decision) = self.acme_challenge(session, ctx).await {
+            return decision;
         }
-        if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX)
-            && shared.live.load().config.acme.enabled
-        {
-            ctx.route_label = "/.well-known/acme-challenge/";
-            return match shared.store.acme_challenge(token).await {
-                Ok(Some(answer)) => {
-                    ctx.status = respond::text(session, answer, &ctx.request_id).await;
-                    Decision::Responded
-                }
-                Ok(None) => Decision::Reject(ApiError::not_found()),
-                Err(_) => Decision::Reject(ApiError::unavailable()),
-            };
-        }
+        // The pure decision is `access::decide`, the same function `routes explain` runs.
         let live = shared.live.load();
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str())); // HTTP/2 `:authority`
-        let Some(route) = live.routes.find(host, &req.method, &path) else {
-            return Decision::Reject(ApiError::not_found());
+        let request = access::Request {
+            method: &req.method,
+            path: req.uri.path(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str())), // HTTP/2 `:authority`
+            bearer: bearer(
+                req.headers
+                    .get_all("authorization")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
         };
-        ctx.route = Some(route.clone());
-        let token = match bearer(
-            req.headers
-                .get_all("authorization")
-                .iter()
-                .map(|v| v.as_bytes()),
-        ) {
-            Ok(t) => t,
-            Err(d) => return Decision::Reject(d.into()),
-        };
-        match shared.authorizer.authorize(route, token).await {
-            Ok(auth) => {
-                if let Some(auth) = auth {
-                    if let Some(lookup) = auth.lookup {
-                        let label = match lookup {
-                            crate::access::Lookup::Hit => "hit",
-                            crate::access::Lookup::Miss => "miss",
-                        };
-                        shared
-                            .metrics
-                            .revocation_cache
-                            .with_label_values(&[label])
-                            .inc();
-                    }
-                    ctx.identity = Some(auth.claims);
+        let (path, route) =
+            match access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await
+            {
+                access::Decision::BadPath(e) => return Decision::Reject(e.into()),
+                access::Decision::Auth { path } => {
+                    drop(live);
+                    ctx.route_label = "/auth";
+                    ctx.status = auth_api::handle(shared, session, ctx, &path).await;
+                    return Decision::Responded;
                 }
-            }
-            Err(denial) => {
-                shared
-                    .metrics
-                    .access_denied
-                    .with_label_values(&[denial.reason()])
-                    .inc();
-                return Decision::Reject(denial.into());
-            }
-        }
+                access::Decision::NoRoute { .. } => {
+                    return Decision::Reject(ApiError::not_found());
+                }
+                access::Decision::Deny { route, denial, .. } => {
+                    ctx.route = Some(route);
+                    shared
+                        .metrics
+                        .access_denied
+                        .with_label_values(&[denial.reason()])
+                        .inc();
+                    return Decision::Reject(denial.into());
+                }
+                access::Decision::Forward {
+                    path,
+                    route,
+                    identity,
+                } => {
+                    if let Some(auth) = identity {
+                        if let Some(lookup) = auth.lookup {
+                            let label = match lookup {
+                                crate::access::Lookup::Hit => "hit",
+                                crate::access::Lookup::Miss => "miss",
+                            };
+                            shared
+                                .metrics
+                                .revocation_cache
+                                .with_label_values(&[label])
+                                .inc();
+                        }
+                        ctx.identity = Some(auth.claims);
+                    }
+                    ctx.route = Some(route.clone());
+                    (path, route)
+                }
+            };
+        let req = session.req_header();
         let upstream_path = route.upstream_path(&path);
         let path_and_query = match req.uri.query() {
             Some(q) => format!("{upstream_path}?{q}"),

@@ -109,18 +109,22 @@ impl From<AuthError> for ApiError {
 impl From<Denial> for ApiError {
     fn from(d: Denial) -> Self {
         match d {
-            Denial::MissingToken => Self::new(401, "unauthorized", "a bearer token is required")
-                .with("WWW-Authenticate", REALM),
+            Denial::MissingToken => {
+                Self::new(d.status(), "unauthorized", "a bearer token is required")
+                    .with("WWW-Authenticate", REALM)
+            }
             Denial::InvalidToken(_) | Denial::Revoked => Self::new(
-                401,
+                d.status(),
                 "invalid_token",
                 "the access token is invalid, expired or revoked",
             )
             .with("WWW-Authenticate", INVALID_TOKEN),
-            Denial::InsufficientRole => {
-                Self::new(403, "forbidden", "your role does not allow this request")
-                    .with("WWW-Authenticate", INSUFFICIENT_SCOPE)
-            }
+            Denial::InsufficientRole => Self::new(
+                d.status(),
+                "forbidden",
+                "your role does not allow this request",
+            )
+            .with("WWW-Authenticate", INSUFFICIENT_SCOPE),
             Denial::Unavailable => Self::unavailable(),
             Denial::AmbiguousAuthorization => {
                 Self::bad_request("the request has more than one Authorization header")

@@ -233,6 +233,25 @@ impl Store {
         Ok(owned)
     }
 
+    /// Revokes a live session whoever owns it (operator action) and announces it; `false`
+    /// when there is no such live session.
+    pub async fn revoke_session_by_id(&self, sid: Uuid) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let live = tx
+            .query_opt(
+                "SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL FOR UPDATE",
+                &[&sid],
+            )
+            .await?
+            .is_some();
+        if live {
+            revoke_session(&tx, sid).await?;
+        }
+        tx.commit().await?;
+        Ok(live)
+    }
+
     /// Revokes every session of a user (logout-all, admin action).
     pub async fn revoke_all_sessions(&self, user_id: Uuid) -> Result<(), StoreError> {
         let mut client = self.client().await?;

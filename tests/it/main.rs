@@ -8,6 +8,7 @@ mod foundation;
 mod acme;
 mod auth;
 mod oidc;
+mod operators;
 mod proxy;
 mod tls;
 mod websocket;
