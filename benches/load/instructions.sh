@@ -22,7 +22,7 @@ bin=target/release/portcullis
 
 dir=$(mktemp -d /tmp/portcullis-instr-XXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -59,7 +59,7 @@ EOF
 
 python3 benches/load/upstream.py "$up" >/dev/null 2>&1 &
 pids+=($!)
-RUST_LOG=warn valgrind --tool=callgrind --collect-atstart=no \
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
   --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/config.toml" serve \
   >"$dir/gateway.log" 2>&1 &
 vg=$!
@@ -80,17 +80,17 @@ measure() { # name path [header]
   local args=(-t1 -c4 "-d${secs}s" --latency)
   [ -n "$header" ] && args+=(-H "$header")
   wrk -t1 -c4 -d2s ${header:+-H "$header"} "http://127.0.0.1:$port$path" >/dev/null # warm-up
-  callgrind_control -z "$vg" >/dev/null
-  callgrind_control -i on "$vg" >/dev/null
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  callgrind_control -i on "$vg" >/dev/null 2>&1
   local out
   out=$(wrk "${args[@]}" "http://127.0.0.1:$port$path")
-  callgrind_control -i off "$vg" >/dev/null
-  callgrind_control -d "$name" "$vg" >/dev/null
+  callgrind_control -i off "$vg" >/dev/null 2>&1
+  callgrind_control -d "$name" "$vg" >/dev/null 2>&1
   sleep 1
   local n ir file
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   file=$(ls -t "$dir"/cg.out* | head -1)
-  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+  ir=$(awk '/^totals:/ {print $2; exit}' "$file")
   echo "$name: $((ir / n)) instructions/request ($n requests)"
 }
 
