@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use pingora::http::ResponseHeader;
 use pingora::listeners::PreTlsProcess;
 use pingora::listeners::tls::TlsSettings;
-use pingora::modules::http::compression::ResponseCompressionBuilder;
 use pingora::modules::http::{HttpModule, HttpModuleBuilder, HttpModules, Module};
 use pingora::protocols::ALPN;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -110,7 +109,8 @@ impl Edge {
     /// The downstream modules of the proxy service: Pingora's default (compression, off) and,
     /// when HSTS is on, the module that stamps it on every response of a TLS request.
     pub fn init_downstream_modules(&self, modules: &mut HttpModules) {
-        modules.add_module(ResponseCompressionBuilder::enable(0));
+        // No response compression module (Pingora adds a disabled one by default, built for
+        // every request): the gateway never compresses.
         if let Some(value) = &self.hsts {
             modules.add_module(Box::new(HstsBuilder {
                 value: value.clone(),

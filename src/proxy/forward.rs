@@ -30,6 +30,15 @@ fn canonical_name(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
 
+/// Whether `name`, read lower-case with `_` as `-`, starts with the canonical `prefix`.
+fn canonical_starts_with(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
+        && name.iter().zip(prefix).all(|(n, p)| {
+            let n = n.to_ascii_lowercase();
+            (if n == b'_' { b'-' } else { n }) == *p
+        })
+}
+
 fn header_name(name: &str, fallback: &'static str) -> HeaderName {
     HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
 }
@@ -48,10 +57,15 @@ impl Forwarding {
         }
     }
 
-    /// Whether a client-sent header must never reach the upstream.
+    /// Whether a client-sent header must never reach the upstream. Compares in place (ASCII
+    /// case folded, `_` read as `-`): it runs for every header of every request.
     pub fn is_identity_header(&self, name: &str) -> bool {
-        let name = canonical_name(name);
-        name.starts_with("x-auth-") || self.strip.contains(&name)
+        let name = name.as_bytes();
+        canonical_starts_with(name, b"x-auth-")
+            || self
+                .strip
+                .iter()
+                .any(|s| s.len() == name.len() && canonical_starts_with(name, s.as_bytes()))
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {

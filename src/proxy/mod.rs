@@ -280,7 +280,16 @@ impl Gateway {
                 }
             };
         let req = session.req_header();
+        ctx.pool = live.upstreams.get(&route.upstream).cloned();
+        ctx.websocket = forward::is_websocket(req);
         let upstream_path = route.upstream_path(&path);
+        // Most requests arrive normalized and in origin form: forward the target untouched.
+        if req.uri.scheme().is_none()
+            && req.uri.authority().is_none()
+            && req.uri.path() == upstream_path
+        {
+            return Decision::Forward;
+        }
         let path_and_query = match req.uri.query() {
             Some(q) => format!("{upstream_path}?{q}"),
             None => upstream_path.into_owned(),
@@ -291,8 +300,6 @@ impl Gateway {
                 return Decision::Reject(ApiError::bad_request("the request target is invalid"));
             }
         }
-        ctx.pool = live.upstreams.get(&route.upstream).cloned();
-        ctx.websocket = forward::is_websocket(req);
         Decision::Forward
     }
 }
