@@ -292,3 +292,40 @@ async fn a_revoked_session_loses_its_open_tunnels_on_every_instance_within_a_sec
         "a deactivated user's tunnel stayed open past 1 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_while_open_tunnels_keep_relaying_then_exits_zero() {
+    let upstream = WsEcho::start().await;
+    let echo = Echo::start().await;
+    let mut opts = Options::new(upstream.addr);
+    // A second upstream for plain HTTP (its `/wait` answers after 700 ms).
+    opts.extra = format!(
+        "[[upstream]]\nname = \"http\"\naddrs = [\"{}\"]\nread_timeout_ms = 5000\n\
+         [[route]]\nprefix = \"/drain/\"\nupstream = \"http\"\nauth = \"none\"\n",
+        echo.addr
+    );
+    let mut gw = Gateway::start(opts).await;
+    let pair = gw.user("drain@example.com").await;
+    let mut ws = connect(gw.port, "/api/socket", Some(access(&pair)), &[])
+        .await
+        .unwrap();
+    round_trip(&mut ws, Message::text("before")).await;
+    let in_flight = tokio::spawn(gw.http.get(gw.url("/drain/wait")).send());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("TERM");
+    // During the drain: the in-flight request completes and the tunnel still relays.
+    let done = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request finished");
+    assert_eq!(done.status(), 200);
+    round_trip(&mut ws, Message::text("while draining")).await;
+    let code = tokio::task::block_in_place(|| gw.wait_exit(Duration::from_secs(30)));
+    assert_eq!(code, Some(0), "log:\n{}", gw.log());
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the tunnel ends with the process"
+    );
+}
