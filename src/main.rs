@@ -84,7 +84,6 @@ enum KeysCommand {
 }
 
 fn main() -> ExitCode {
-    portcullis::telemetry::init_logging();
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -100,6 +99,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Held to the end of main: dropping it flushes the log lines still queued.
+    let _log = portcullis::telemetry::init_logging(&config.log);
     let result = match cli.command {
         Command::CheckConfig => {
             println!(
@@ -164,7 +165,9 @@ fn serve(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     }
     let server = portcullis::build_server(config, path, portcullis::StartMode { upgrade })?;
     tracing::info!("portcullis starting");
-    server.run_forever()
+    // `run` (not `run_forever`, which exits the process) so main's log guard flushes.
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
 }
 
 fn create_user(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
