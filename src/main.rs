@@ -12,6 +12,11 @@ use portcullis::config::{Algorithm, Config, ConfigError};
 use portcullis::model::Role;
 use portcullis::store::{self, Store};
 
+// When the CLI moves into src/cli/, this becomes `pub mod audit;` in src/cli/mod.rs.
+mod cli {
+    pub mod audit;
+}
+
 /// mimalloc: the proxy path is allocation-heavy (Pingora's per-request buffers) and glibc
 /// malloc showed up at ~12% of a protected-route profile.
 #[global_allocator]
@@ -54,6 +59,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Read the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
     },
 }
 
@@ -124,6 +134,7 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::Generate { algorithm },
         } => generate_key(&config, algorithm),
+        Command::Audit { command } => cli::audit::run(&config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -223,6 +234,7 @@ fn generate_key(config: &Config, algorithm: Option<Algorithm>) -> anyhow::Result
             algorithm.as_str()
         );
     }
+    cli::audit::key_rotated(config, &kid, algorithm.as_str());
     println!("a running gateway picks it up on SIGHUP");
     Ok(())
 }

@@ -52,7 +52,12 @@ pub enum RefreshOutcome {
     /// Unknown, expired, revoked, or the owner is inactive.
     Invalid,
     /// A spent token was replayed after the grace window: the session is now revoked.
-    Reused,
+    Reused {
+        /// The session's owner (for the audit trail).
+        user_id: Uuid,
+        /// The revoked session.
+        session_id: Uuid,
+    },
 }
 
 impl Store {
@@ -172,7 +177,10 @@ impl Store {
                     Some(row) if !row.try_get::<_, bool>("live")? => {
                         revoke_session(&tx, sid).await?;
                         tx.commit().await?;
-                        return Ok(RefreshOutcome::Reused);
+                        return Ok(RefreshOutcome::Reused {
+                            user_id: user.id,
+                            session_id: sid,
+                        });
                     }
                     Some(_) => {}
                 }
@@ -180,7 +188,10 @@ impl Store {
             Some(_) => {
                 revoke_session(&tx, sid).await?;
                 tx.commit().await?;
-                return Ok(RefreshOutcome::Reused);
+                return Ok(RefreshOutcome::Reused {
+                    user_id: user.id,
+                    session_id: sid,
+                });
             }
         }
         tx.execute(
@@ -198,20 +209,27 @@ impl Store {
     }
 
     /// Revokes the session a refresh token belongs to (logout); unknown tokens are ignored.
-    pub async fn revoke_session_of_token(&self, token_hash: &[u8]) -> Result<(), StoreError> {
+    /// Returns the session's owner and id when the token was known.
+    pub async fn revoke_session_of_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT token_family FROM refresh_tokens WHERE token_hash = $1",
+                "SELECT token_family, user_id FROM refresh_tokens WHERE token_hash = $1",
                 &[&token_hash],
             )
             .await?;
+        let mut known = None;
         if let Some(row) = row {
-            revoke_session(&tx, row.try_get(0)?).await?;
+            let sid: Uuid = row.try_get(0)?;
+            revoke_session(&tx, sid).await?;
+            known = Some((row.try_get(1)?, sid));
         }
         tx.commit().await?;
-        Ok(())
+        Ok(known)
     }
 
     /// Revokes one live session of `user_id`; `false` when it has no such live session.
