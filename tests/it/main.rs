@@ -6,6 +6,7 @@ mod harness;
 mod foundation;
 
 mod auth;
+mod logs;
 mod oidc;
 mod proxy;
 mod websocket;
