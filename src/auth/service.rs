@@ -699,7 +699,7 @@ mod audit_tests {
 
     #[test]
     fn audit_parameters_are_validated() {
-        let ok = |p: AuditParams<'_>| audit_query(&p).map(|(q, l)| (q, l));
+        let ok = |p: AuditParams<'_>| audit_query(&p);
         let (q, limit) = ok(AuditParams::default()).unwrap();
         assert_eq!((limit, q.limit), (50, 51));
         let (q, _) = ok(AuditParams {

@@ -24,8 +24,7 @@ pub(super) fn install(writer: NonBlocking, format: LogFormat) {
 /// always; 2xx/3xx with probability `sample`. Decided before anything is formatted.
 pub fn keep(enabled: bool, sample: f64, status: u16) -> bool {
     enabled
-        && (status >= 400
-            || status < 100
+        && (!(100..400).contains(&status)
             || sample >= 1.0
             || (sample > 0.0 && rand::random::<f64>() < sample))
 }
