@@ -63,7 +63,8 @@ pub struct Record<'a> {
 
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    timestamp: String,
+    #[serde(serialize_with = "serialize_now")]
+    timestamp: (),
     level: &'static str,
     target: &'static str,
     #[serde(flatten)]
@@ -74,8 +75,37 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-fn timestamp() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// The current time, RFC 3339 with microseconds, formatted straight into the output.
+fn now() -> impl std::fmt::Display {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ")
+}
+
+fn serialize_now<S: serde::Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&now())
+}
+
+/// `-` for a missing value, without formatting into a temporary string.
+struct Opt<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Opt<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Milliseconds with three decimals, or `-`.
+struct Ms(Option<f64>);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ms) => write!(f, "{ms:.3}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Formats `record` as one line in the configured format.
@@ -83,7 +113,7 @@ pub fn format(record: &Record<'_>, format: LogFormat, out: &mut Vec<u8>) {
     match format {
         LogFormat::Json => {
             let line = JsonLine {
-                timestamp: timestamp(),
+                timestamp: (),
                 level: "INFO",
                 target: "access",
                 record,
@@ -94,25 +124,24 @@ pub fn format(record: &Record<'_>, format: LogFormat, out: &mut Vec<u8>) {
             }
         }
         LogFormat::Text => {
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
             let _ = write!(
                 out,
                 "{}  INFO access: request_id={} client_ip={} method={} path={:?} route={:?} \
                  status={} bytes_in={} bytes_out={} upstream={} upstream_ms={} total_ms={:.3} \
                  user_id={} deny_reason={}",
-                timestamp(),
+                now(),
                 record.request_id,
-                opt(record.client_ip.map(|i| i.to_string())),
+                Opt(record.client_ip),
                 record.method,
                 record.path,
                 record.route,
                 record.status,
                 record.bytes_in,
                 record.bytes_out,
-                opt(record.upstream.map(|a| a.to_string())),
-                opt(record.upstream_ms.map(|ms| format!("{ms:.3}"))),
+                Opt(record.upstream),
+                Ms(record.upstream_ms),
                 record.total_ms,
-                opt(record.user_id.map(|u| u.to_string())),
+                Opt(record.user_id),
                 record.deny_reason.unwrap_or("-"),
             );
         }

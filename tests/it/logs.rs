@@ -617,3 +617,34 @@ async fn the_admin_audit_endpoint_pages_filters_and_refuses_users() {
     let ids: HashSet<i64> = ids.into_iter().collect();
     assert!(!ids.contains(&rotated["id"].as_i64().unwrap()));
 }
+
+#[tokio::test]
+async fn reaching_the_account_limit_records_one_lockout() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.rate_limit = "login_per_minute_per_ip = 1000\nlogin_per_minute_per_account = 2\n\
+                       register_per_minute_per_ip = 1000\n"
+        .into();
+    let gw = Gateway::start(opts).await;
+    let user = gw.register("dave@x.io", "password-123").await;
+    let uid = user["user"]["id"].as_str().unwrap().to_string();
+    for status in [401, 401, 429, 429] {
+        let body = json!({"email": "dave@x.io", "password": "wrong-password"});
+        assert_eq!(gw.post("/auth/login", body).await.status(), status);
+    }
+    let db = connect(&gw.db_url).await;
+    let events: Vec<String> = db
+        .query(
+            "SELECT event FROM audit_events WHERE user_id = $1::text::uuid ORDER BY id",
+            &[&uid],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        events,
+        vec!["register", "login_failed", "login_failed", "lockout"]
+    );
+}
