@@ -1,9 +1,11 @@
 //! Audit events: built by the use-cases, logged (target `audit`) and stored.
 //!
-//! Writes are best-effort: the insert runs after the use-case's own transaction has
-//! committed, and a failed insert is logged as a warning instead of failing the request —
-//! refusing a logout or a password change because the audit table is unreachable would be
-//! worse than a gap in the trail (the log line is written either way).
+//! Where the use-case changes state in a transaction of its own (logout-all, session
+//! revocation, password change, admin updates), the event is inserted in that transaction:
+//! the change and its record commit together. Elsewhere (register, logins, logout, refresh
+//! reuse, OIDC, key generation) the write is best-effort after the fact: a failed insert is a
+//! warning, never a failed request — refusing a login because the audit table is unreachable
+//! would be worse than a gap in the trail, and the log line is written either way.
 
 use std::net::IpAddr;
 
@@ -40,7 +42,9 @@ pub async fn record(store: &Store, event: AuditEvent) {
     }
 }
 
-fn log(e: &AuditEvent) {
+/// Writes the event's log line (target `audit`); for events stored in the transaction of
+/// their change, called once that transaction has committed.
+pub fn log(e: &AuditEvent) {
     tracing::info!(
         target: "audit",
         event = e.kind.as_str(),

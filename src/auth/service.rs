@@ -433,10 +433,10 @@ impl AuthService {
 
     /// Revokes every session of the caller.
     pub async fn logout_all(&self, caller: &Claims, client: &ClientInfo) -> Result<(), AuthError> {
-        self.store.revoke_all_sessions(caller.sub).await?;
         let me = Some(caller.sub);
-        self.audit(AuditKind::LogoutAll, me, me, client, json!({}))
-            .await;
+        let event = audit::event(AuditKind::LogoutAll, me, me, client, json!({}));
+        self.store.revoke_all_sessions(caller.sub, &event).await?;
+        audit::log(&event);
         Ok(())
     }
 
@@ -474,11 +474,15 @@ impl AuthService {
         sid: Uuid,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
-        if self.store.revoke_user_session(caller.sub, sid).await? {
-            let me = Some(caller.sub);
-            let detail = json!({"session_id": sid});
-            self.audit(AuditKind::SessionRevoked, me, me, client, detail)
-                .await;
+        let me = Some(caller.sub);
+        let detail = json!({"session_id": sid});
+        let event = audit::event(AuditKind::SessionRevoked, me, me, client, detail);
+        if self
+            .store
+            .revoke_user_session(caller.sub, sid, &event)
+            .await?
+        {
+            audit::log(&event);
             Ok(())
         } else {
             Err(AuthError::NotFound("no such session"))
@@ -509,12 +513,12 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
         let hash = self.hasher.hash(new).await?;
-        self.store
-            .change_password(caller.sub, &hash, caller.sid)
-            .await?;
         let me = Some(caller.sub);
-        self.audit(AuditKind::PasswordChanged, me, me, client, json!({}))
-            .await;
+        let event = audit::event(AuditKind::PasswordChanged, me, me, client, json!({}));
+        self.store
+            .change_password(caller.sub, &hash, caller.sid, &event)
+            .await?;
+        audit::log(&event);
         Ok(())
     }
 
@@ -564,15 +568,17 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<User, AuthError> {
         Self::require_admin(caller)?;
-        let before = self.store.find_user(id).await?.map(|s| s.user);
-        match self.store.admin_update_user(id, update).await? {
-            AdminUpdateOutcome::Updated(user) => {
-                if let Some(before) = before {
-                    for (kind, detail) in admin_changes(&before, &user) {
-                        self.audit(kind, Some(id), Some(caller.sub), client, detail)
-                            .await;
-                    }
-                }
+        let events = |before: &User, after: &User| {
+            admin_changes(before, after)
+                .into_iter()
+                .map(|(kind, detail)| {
+                    audit::event(kind, Some(id), Some(caller.sub), client, detail)
+                })
+                .collect()
+        };
+        match self.store.admin_update_user(id, update, events).await? {
+            AdminUpdateOutcome::Updated(user, events) => {
+                events.iter().for_each(audit::log);
                 Ok(user)
             }
             AdminUpdateOutcome::NotFound => Err(AuthError::NotFound("no such user")),
@@ -593,16 +599,16 @@ impl AuthService {
         if !self.store.user_exists(id).await? {
             return Err(AuthError::NotFound("no such user"));
         }
-        self.store.revoke_all_sessions(id).await?;
         let detail = json!({"all": true});
-        self.audit(
+        let event = audit::event(
             AuditKind::SessionRevoked,
             Some(id),
             Some(caller.sub),
             client,
             detail,
-        )
-        .await;
+        );
+        self.store.revoke_all_sessions(id, &event).await?;
+        audit::log(&event);
         Ok(())
     }
 

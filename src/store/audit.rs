@@ -39,17 +39,42 @@ fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     })
 }
 
+const INSERT: &str = "INSERT INTO audit_events
+     (event, user_id, actor_id, client_ip, user_agent, request_id, detail)
+ VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Records `e` inside the transaction of the change it describes: both or neither.
+pub(super) async fn insert_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    e: &AuditEvent,
+) -> Result<(), StoreError> {
+    let kind = e.kind.as_str();
+    tx.execute(
+        INSERT,
+        &[
+            &kind,
+            &e.user_id,
+            &e.actor_id,
+            &e.client_ip,
+            &e.user_agent,
+            &e.request_id,
+            &e.detail,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Records one event.
+    /// Records one event on its own (for actions without a transaction of their own).
     pub async fn record_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         let client = self.client().await?;
+        let kind = e.kind.as_str();
         client
             .execute(
-                "INSERT INTO audit_events
-                     (event, user_id, actor_id, client_ip, user_agent, request_id, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                INSERT,
                 &[
-                    &e.kind.as_str(),
+                    &kind,
                     &e.user_id,
                     &e.actor_id,
                     &e.client_ip,

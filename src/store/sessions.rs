@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::{RevocationEvent, Store, StoreError, notify};
-use crate::model::{Role, SessionInfo, SessionStatus, User};
+use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus, User};
 
 /// Everything needed to open a session at login.
 #[derive(Debug, Clone)]
@@ -232,8 +232,14 @@ impl Store {
         Ok(known)
     }
 
-    /// Revokes one live session of `user_id`; `false` when it has no such live session.
-    pub async fn revoke_user_session(&self, user_id: Uuid, sid: Uuid) -> Result<bool, StoreError> {
+    /// Revokes one live session of `user_id` and records `audit` in the same transaction;
+    /// `false` (and nothing recorded) when it has no such live session.
+    pub async fn revoke_user_session(
+        &self,
+        user_id: Uuid,
+        sid: Uuid,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let owned = tx
@@ -246,16 +252,23 @@ impl Store {
             .is_some();
         if owned {
             revoke_session(&tx, sid).await?;
+            super::audit::insert_in(&tx, audit).await?;
         }
         tx.commit().await?;
         Ok(owned)
     }
 
-    /// Revokes every session of a user (logout-all, admin action).
-    pub async fn revoke_all_sessions(&self, user_id: Uuid) -> Result<(), StoreError> {
+    /// Revokes every session of a user (logout-all, admin action) and records `audit` in the
+    /// same transaction.
+    pub async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         revoke_user_sessions(&tx, user_id, None).await?;
+        super::audit::insert_in(&tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
