@@ -1,9 +1,9 @@
 //! Audit events: built by the use-cases, logged (target `audit`) and stored.
 //!
-//! Where the use-case changes state in a transaction of its own (logout-all, session
-//! revocation, password change, admin updates), the event is inserted in that transaction:
-//! the change and its record commit together. Elsewhere (register, logins, logout, refresh
-//! reuse, OIDC, key generation) the write is best-effort after the fact: a failed insert is a
+//! Where the use-case changes state in a transaction of its own (logout, logout-all, session
+//! revocation, refresh reuse, password change, admin updates), the event is inserted in that
+//! transaction: the change and its record commit together. Elsewhere (register, logins,
+//! lockout, OIDC, key generation) the write is best-effort after the fact: a failed insert is a
 //! warning, never a failed request — refusing a login because the audit table is unreachable
 //! would be worse than a gap in the trail, and the log line is written either way.
 

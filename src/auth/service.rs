@@ -381,6 +381,11 @@ impl AuthService {
                 &refresh_token_hash(refresh_token),
                 self.grace_secs,
                 |secret| successor_of(secret, refresh_token),
+                |user_id, sid| {
+                    let detail = json!({"session_id": sid});
+                    let kind = AuditKind::RefreshReuseDetected;
+                    audit::event(kind, Some(user_id), None, client, detail)
+                },
             )
             .await?;
         Ok(match outcome {
@@ -393,19 +398,8 @@ impl AuthService {
                 self.pair(user, session_id, successor, expires_at)?,
             )),
             RefreshOutcome::Invalid => RefreshResult::Invalid,
-            RefreshOutcome::Reused {
-                user_id,
-                session_id,
-            } => {
-                let detail = json!({"session_id": session_id});
-                self.audit(
-                    AuditKind::RefreshReuseDetected,
-                    Some(user_id),
-                    None,
-                    client,
-                    detail,
-                )
-                .await;
+            RefreshOutcome::Reused(event) => {
+                audit::log(&event);
                 RefreshResult::ReuseDetected
             }
         })
@@ -413,20 +407,17 @@ impl AuthService {
 
     /// Revokes the session of a refresh token; unknown tokens are fine (no oracle).
     pub async fn logout(&self, refresh_token: &str, client: &ClientInfo) -> Result<(), AuthError> {
-        let known = self
-            .store
-            .revoke_session_of_token(&refresh_token_hash(refresh_token))
-            .await?;
-        if let Some((user_id, sid)) = known {
+        let event = |user_id: Uuid, sid: Uuid| {
             let detail = json!({"session_id": sid});
-            self.audit(
-                AuditKind::Logout,
-                Some(user_id),
-                Some(user_id),
-                client,
-                detail,
-            )
-            .await;
+            let user = Some(user_id);
+            audit::event(AuditKind::Logout, user, user, client, detail)
+        };
+        let recorded = self
+            .store
+            .revoke_session_of_token(&refresh_token_hash(refresh_token), event)
+            .await?;
+        if let Some(event) = recorded {
+            audit::log(&event);
         }
         Ok(())
     }

@@ -51,13 +51,9 @@ pub enum RefreshOutcome {
     },
     /// Unknown, expired, revoked, or the owner is inactive.
     Invalid,
-    /// A spent token was replayed after the grace window: the session is now revoked.
-    Reused {
-        /// The session's owner (for the audit trail).
-        user_id: Uuid,
-        /// The revoked session.
-        session_id: Uuid,
-    },
+    /// A spent token was replayed after the grace window: the session is now revoked, and
+    /// the audit event recorded with the revocation.
+    Reused(Box<AuditEvent>),
 }
 
 impl Store {
@@ -99,11 +95,13 @@ impl Store {
     /// Rotates the refresh token whose hash is `token_hash`. The token row is locked, so
     /// concurrent presentations are serialized: the first rotates, the others fall in the
     /// grace window and get the same successor (`derive` is deterministic per session).
+    /// A detected reuse is recorded as `on_reuse(user, session)` in the revoking transaction.
     pub async fn refresh(
         &self,
         token_hash: &[u8],
         grace_secs: u64,
         derive: impl Fn(&[u8]) -> Successor,
+        on_reuse: impl Fn(Uuid, Uuid) -> AuditEvent,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -176,22 +174,20 @@ impl Store {
                     None => return Ok(RefreshOutcome::Invalid),
                     Some(row) if !row.try_get::<_, bool>("live")? => {
                         revoke_session(&tx, sid).await?;
+                        let event = on_reuse(user.id, sid);
+                        super::audit::insert_in(&tx, &event).await?;
                         tx.commit().await?;
-                        return Ok(RefreshOutcome::Reused {
-                            user_id: user.id,
-                            session_id: sid,
-                        });
+                        return Ok(RefreshOutcome::Reused(Box::new(event)));
                     }
                     Some(_) => {}
                 }
             }
             Some(_) => {
                 revoke_session(&tx, sid).await?;
+                let event = on_reuse(user.id, sid);
+                super::audit::insert_in(&tx, &event).await?;
                 tx.commit().await?;
-                return Ok(RefreshOutcome::Reused {
-                    user_id: user.id,
-                    session_id: sid,
-                });
+                return Ok(RefreshOutcome::Reused(Box::new(event)));
             }
         }
         tx.execute(
@@ -208,12 +204,13 @@ impl Store {
         })
     }
 
-    /// Revokes the session a refresh token belongs to (logout); unknown tokens are ignored.
-    /// Returns the session's owner and id when the token was known.
+    /// Revokes the session a refresh token belongs to (logout), recording
+    /// `audit(user, session)` in the same transaction; unknown tokens are ignored (`None`).
     pub async fn revoke_session_of_token(
         &self,
         token_hash: &[u8],
-    ) -> Result<Option<(Uuid, Uuid)>, StoreError> {
+        audit: impl Fn(Uuid, Uuid) -> AuditEvent,
+    ) -> Result<Option<AuditEvent>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
@@ -226,7 +223,9 @@ impl Store {
         if let Some(row) = row {
             let sid: Uuid = row.try_get(0)?;
             revoke_session(&tx, sid).await?;
-            known = Some((row.try_get(1)?, sid));
+            let event = audit(row.try_get(1)?, sid);
+            super::audit::insert_in(&tx, &event).await?;
+            known = Some(event);
         }
         tx.commit().await?;
         Ok(known)
