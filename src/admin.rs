@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`. Never proxied, never under /auth.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the live route table
+//! (`/routes`, `/routes/explain`). Never proxied, never under /auth.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::access::{self, table::Caller};
+use crate::model::Role;
 use crate::proxy::Shared;
 
 /// Serves the admin endpoints from the shared state.
@@ -19,6 +22,58 @@ impl AdminApp {
     /// An admin app over the gateway's shared state.
     pub fn new(shared: Arc<Shared>) -> AdminApp {
         AdminApp { shared }
+    }
+}
+
+fn bad_request(message: &str) -> Response<Vec<u8>> {
+    let body = serde_json::json!({"error": "invalid_request", "message": message});
+    reply(400, "application/json", body.to_string())
+}
+
+impl AdminApp {
+    /// `GET /routes/explain?method=&url=[&host=][&role=]`: the live table's decision for one
+    /// request; `role` stands for a valid token with that role, no role = anonymous.
+    async fn explain(&self, query: &str) -> Response<Vec<u8>> {
+        let mut method = None;
+        let mut url = None;
+        let mut host = None;
+        let mut role = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "method" => method = Some(v.into_owned()),
+                "url" => url = Some(v.into_owned()),
+                "host" => host = Some(v.into_owned()).filter(|h| !h.is_empty()),
+                "role" => role = Some(v.into_owned()).filter(|r| !r.is_empty()),
+                _ => {}
+            }
+        }
+        let (Some(method), Some(url)) = (method, url) else {
+            return bad_request("method and url are required");
+        };
+        let caller = match role.as_deref() {
+            None => Caller::Anonymous,
+            Some(r) => match Role::parse(&r.to_ascii_lowercase()) {
+                Some(role) => Caller::Role(role),
+                None => return bad_request("role must be user or admin"),
+            },
+        };
+        let live = self.shared.live.load_full();
+        match access::table::explain(
+            &live.routes,
+            live.path_policy,
+            &method,
+            &url,
+            host.as_deref(),
+            caller,
+        )
+        .await
+        {
+            Ok(e) => match serde_json::to_string(&e) {
+                Ok(body) => reply(200, "application/json", body),
+                Err(_) => reply(500, "application/json", r#"{"error":"internal"}"#),
+            },
+            Err(e) => bad_request(&e.to_string()),
+        }
     }
 }
 
@@ -41,7 +96,12 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         let get = session.req_header().method == http::Method::GET
             || session.req_header().method == http::Method::HEAD;
-        if !get && matches!(path.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        if !get
+            && matches!(
+                path.as_str(),
+                "/healthz" | "/readyz" | "/metrics" | "/routes" | "/routes/explain"
+            )
+        {
             let mut r = reply(
                 405,
                 "application/json",
@@ -86,10 +146,22 @@ impl ServeHttp for AdminApp {
                     .set(usage.in_use as i64);
                 reply(200, "text/plain; version=0.0.4", m.render())
             }
+            "/routes" => {
+                let live = self.shared.live.load();
+                let body = serde_json::json!({
+                    "routes": access::table::list(&live.routes),
+                    "warnings": access::table::warnings(&live.routes),
+                });
+                reply(200, "application/json", body.to_string())
+            }
+            "/routes/explain" => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                self.explain(&query).await
+            }
             _ => reply(
                 404,
                 "application/json",
-                r#"{"error":"not_found","message":"admin endpoints are /healthz, /readyz and /metrics"}"#,
+                r#"{"error":"not_found","message":"admin endpoints are /healthz, /readyz, /metrics, /routes and /routes/explain"}"#,
             ),
         }
     }

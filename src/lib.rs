@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod reload;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +59,15 @@ pub enum BuildError {
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// ACME certificate manager.
+    #[error(transparent)]
+    Acme(#[from] tls::acme::AcmeError),
+    /// TLS certificates.
+    #[error("tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The TLS listener's settings.
+    #[error("tls listener: {0}")]
+    TlsListener(String),
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
@@ -140,6 +150,28 @@ pub fn build_server(
         "portcullis proxy",
     );
     proxy.add_tcp(&listen);
+    // The TLS listener is a second endpoint of the same service: same phases, same rules.
+    let resolver = match &config.server.tls {
+        Some(tls) => {
+            let resolver = Arc::new(tls::CertResolver::load(
+                &tls.certs,
+                tls.min_version,
+                config.acme.enabled,
+            )?);
+            for (names, not_after) in resolver.current().summary() {
+                tracing::info!(?names, not_after, "TLS certificate loaded");
+            }
+            let settings = proxy::edge::tls_settings(resolver.clone(), tls.http2)
+                .map_err(|e| BuildError::TlsListener(e.to_string()))?;
+            proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+            let tls13_only = tls.min_version == config::TlsVersion::V1_3;
+            proxy
+                .endpoints()
+                .set_pre_tls_callback(proxy::edge::first_bytes(tls13_only));
+            Some(resolver)
+        }
+        None => None,
+    };
     server.add_service(proxy);
 
     let mut admin = pingora::services::listening::Service::new(
@@ -148,6 +180,20 @@ pub fn build_server(
     );
     admin.add_tcp(&admin_listen);
     server.add_service(admin);
+
+    if config.acme.enabled
+        && let Some(resolver) = &resolver
+    {
+        let manager = Arc::new(tls::acme::AcmeManager::new(
+            config.acme.clone(),
+            store.clone(),
+            resolver.clone(),
+        )?);
+        server.add_service(proxy::services::task("acme", move || {
+            let manager = manager.clone();
+            async move { manager.run().await }
+        }));
+    }
 
     let url = store.url().to_string();
     let listener_shared = shared.clone();
@@ -171,7 +217,9 @@ pub fn build_server(
     }));
     let path: PathBuf = config_path.to_path_buf();
     server.add_service(proxy::services::task("config reload", move || {
-        reload::Reloader::new(path.clone(), shared.clone(), tokens.clone()).run()
+        reload::Reloader::new(path.clone(), shared.clone(), tokens.clone())
+            .with_certificates(resolver.clone())
+            .run()
     }));
     Ok(server)
 }

@@ -1,21 +1,22 @@
-//! The `portcullis` binary: CLI wiring only (API.md §1).
+//! The `portcullis` binary: CLI wiring only (API.md §1, §8); the verbs live in `cli/`.
 
-use std::io::Read;
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
-use portcullis::auth::{AuthError, create_account, password::Hasher};
-use portcullis::config::{Algorithm, Config, ConfigError};
-use portcullis::model::Role;
-use portcullis::store::{self, Store};
-
-// When the CLI moves into src/cli/, this becomes `pub mod audit;` in src/cli/mod.rs.
-mod cli {
-    pub mod audit;
-}
+use cli::keys::KeysCommand;
+use cli::routes::RoutesCommand;
+use cli::sessions::SessionsCommand;
+use cli::user::UserCommand;
+use portcullis::config::{Config, ConfigError, Problem};
 
 /// mimalloc: the proxy path is allocation-heavy (Pingora's per-request buffers) and glibc
 /// malloc showed up at ~12% of a protected-route profile.
@@ -55,6 +56,16 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// List or revoke sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// Show the route table or explain how a request is decided.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -67,43 +78,43 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum UserCommand {
-    /// Create a user (e.g. the first admin); the password is read from stdin.
-    Create {
-        /// Email address.
-        #[arg(long)]
-        email: String,
-        /// Role of the new user.
-        #[arg(long, value_parser = ["user", "admin"], default_value = "user")]
-        role: String,
-        /// Read the password from standard input (required: never pass it as an argument).
-        #[arg(long, required = true)]
-        password_stdin: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Write a new signing key into tokens.keys_dir; it signs from the next start or SIGHUP.
-    Generate {
-        /// Key algorithm (default: tokens.algorithm); any case (`EdDSA`, `eddsa`).
-        #[arg(long, value_enum, ignore_case = true)]
-        algorithm: Option<Algorithm>,
-    },
+/// Whether the arguments name a verb of API.md §8 (`routes`, `sessions`, `audit`, `user`
+/// other than `create`), whose usage errors exit 1; the v1 verbs keep clap's exit code 2.
+fn v2_operator_verb(args: impl Iterator<Item = String>) -> bool {
+    let mut words = Vec::new();
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+        } else if arg == "--config" {
+            skip_value = true;
+        } else if !arg.starts_with('-') {
+            words.push(arg);
+            if words.len() == 2 {
+                break;
+            }
+        }
+    }
+    match words.first().map(String::as_str) {
+        Some("routes" | "sessions" | "audit") => true,
+        Some("user") => words.get(1).is_none_or(|verb| verb != "create"),
+        _ => false,
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(&cli.config) {
-        Ok(c) => c,
-        Err(ConfigError::Invalid(problems)) => {
-            eprintln!("{}: invalid configuration:", cli.config.display());
-            for p in &problems {
-                eprintln!("  {p}");
-            }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if v2_operator_verb(std::env::args().skip(1)) && e.use_stderr() => {
+            // API.md §8: the operator verbs exit 1 on bad usage, like on a bad config.
+            let _ = e.print();
             return ExitCode::FAILURE;
         }
+        Err(e) => e.exit(),
+    };
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(problems)) => return invalid(&cli.config, &problems),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
@@ -111,29 +122,21 @@ fn main() -> ExitCode {
     };
     // Held to the end of main: dropping it flushes the log lines still queued.
     let _log = portcullis::telemetry::init_logging(&config.log);
-    let result = match cli.command {
-        Command::CheckConfig => {
-            println!(
-                "{}: valid ({} routes, {} upstreams)",
-                cli.config.display(),
-                config.routes.len(),
-                config.upstreams.len()
-            );
-            Ok(())
+    if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
+        // Certificate files are checked where they are used, not by every subcommand.
+        let problems = portcullis::tls::check(&config, &cli.config);
+        if !problems.is_empty() {
+            return invalid(&cli.config, &problems);
         }
-        Command::Migrate => migrate(&config, true),
-        Command::Serve { upgrade } => serve(config, &cli.config, upgrade),
-        Command::User {
-            command:
-                UserCommand::Create {
-                    email,
-                    role,
-                    password_stdin: _,
-                },
-        } => create_user(&config, &email, &role),
-        Command::Keys {
-            command: KeysCommand::Generate { algorithm },
-        } => generate_key(&config, algorithm),
+    }
+    let result = match cli.command {
+        Command::CheckConfig => cli::serve::check_config(&config, &cli.config),
+        Command::Migrate => cli::serve::migrate(&config, true),
+        Command::Serve { upgrade } => cli::serve::serve(config, &cli.config, upgrade),
+        Command::User { command } => cli::user::run(&config, command),
+        Command::Sessions { command } => cli::sessions::run(&config, command),
+        Command::Routes { command } => cli::routes::run(&config, command),
+        Command::Keys { command } => cli::keys::run(&config, command),
         Command::Audit { command } => cli::audit::run(&config, command),
     };
     match result {
@@ -145,96 +148,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start a runtime")
-}
-
-fn migrate(config: &Config, verbose: bool) -> anyhow::Result<()> {
-    let url = config.database.url.clone();
-    runtime()?.block_on(async move {
-        if store::ensure_database(&url).await? {
-            println!("created database");
-        }
-        let applied = store::migrate(&url).await?;
-        if verbose && applied.is_empty() {
-            println!("no pending migrations");
-        }
-        for name in applied {
-            println!("applied {name}");
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-}
-
-fn serve(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
-    if config.database.auto_migrate {
-        // Migrations run on their own short-lived runtime, before Pingora owns the process.
-        migrate(&config, false).context("auto-migration failed")?;
+/// Prints every problem of an invalid configuration; exit 1.
+fn invalid(path: &Path, problems: &[Problem]) -> ExitCode {
+    eprintln!("{}: invalid configuration:", path.display());
+    for p in problems {
+        eprintln!("  {p}");
     }
-    let server = portcullis::build_server(config, path, portcullis::StartMode { upgrade })?;
-    tracing::info!("portcullis starting");
-    // `run` (not `run_forever`, which exits the process) so main's log guard flushes.
-    server.run(pingora::server::RunArgs::default());
-    Ok(())
-}
-
-fn create_user(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
-    let mut password = String::new();
-    std::io::stdin()
-        .read_to_string(&mut password)
-        .context("cannot read the password from stdin")?;
-    let password = password
-        .strip_suffix('\n')
-        .map(|p| p.strip_suffix('\r').unwrap_or(p))
-        .unwrap_or(&password)
-        .to_string();
-    let role = Role::parse(role).context("role must be user or admin")?;
-    let store = Store::new(&config.database.url, 2)?;
-    let hasher = Hasher::new(&config.passwords)?;
-    let user = runtime()?.block_on(create_account(
-        &store,
-        &hasher,
-        &config.passwords,
-        email,
-        password,
-        role,
-    ));
-    match user {
-        Ok(user) => {
-            println!(
-                "created {} user {} ({})",
-                user.role.as_str(),
-                user.email,
-                user.id
-            );
-            Ok(())
-        }
-        Err(AuthError::EmailTaken) => bail!("a user with email {email} already exists"),
-        Err(AuthError::Unavailable) => bail!("the database is unreachable"),
-        Err(e) => bail!("{e}"),
-    }
-}
-
-fn generate_key(config: &Config, algorithm: Option<Algorithm>) -> anyhow::Result<()> {
-    let algorithm = algorithm.unwrap_or(config.tokens.algorithm);
-    let (kid, path) =
-        portcullis::tokens::generate_key(Path::new(&config.tokens.keys_dir), algorithm)?;
-    println!(
-        "wrote {} key {kid} to {}",
-        algorithm.as_str(),
-        path.display()
-    );
-    if algorithm != config.tokens.algorithm {
-        println!(
-            "note: tokens.algorithm is {}; this key is only used after switching to {}",
-            config.tokens.algorithm.as_str(),
-            algorithm.as_str()
-        );
-    }
-    cli::audit::key_rotated(config, &kid, algorithm.as_str());
-    println!("a running gateway picks it up on SIGHUP");
-    Ok(())
+    ExitCode::FAILURE
 }

@@ -1,13 +1,16 @@
 //! Live reload: SIGHUP or a change of the config file builds new routes and upstream pools and
-//! swaps them in atomically; SIGHUP also reloads the signing keys. An invalid file is logged
-//! and the old config keeps serving; settings that only apply at start are reported.
+//! swaps them in atomically; SIGHUP also reloads the signing keys. SIGHUP or a change of a
+//! certificate file (or of `server.tls.certs`) reloads the TLS certificates for new
+//! handshakes. An invalid file is logged and the old config, keys or certificates keep
+//! serving; settings that only apply at start are reported.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{CertFiles, Config};
 use crate::proxy::{Live, Shared};
+use crate::tls::{self, CertResolver};
 use crate::tokens::TokenService;
 
 /// Watches the config file and SIGHUP.
@@ -15,6 +18,7 @@ pub struct Reloader {
     path: PathBuf,
     shared: Arc<Shared>,
     tokens: Arc<TokenService>,
+    certs: Option<Arc<CertResolver>>,
 }
 
 /// A cheap fingerprint of the file: content hash (mtime alone misses same-second edits).
@@ -33,7 +37,14 @@ impl Reloader {
             path,
             shared,
             tokens,
+            certs: None,
         }
+    }
+
+    /// Also reloads the TLS listener's certificates (when there is one).
+    pub fn with_certificates(mut self, certs: Option<Arc<CertResolver>>) -> Reloader {
+        self.certs = certs;
+        self
     }
 
     /// Runs forever.
@@ -46,24 +57,66 @@ impl Reloader {
             }
         };
         let mut last = fingerprint(&self.path);
+        let mut last_certs = self.cert_state();
         loop {
             let by_signal = tokio::select! {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
                 () = tokio::time::sleep(Duration::from_secs(1)) => false,
             };
             let now = fingerprint(&self.path);
+            let file_changed = now.is_some() && now != last;
             if by_signal {
-                tracing::info!("SIGHUP: reloading config and keys");
+                tracing::info!("SIGHUP: reloading config, keys and certificates");
                 if let Err(e) = self.tokens.reload() {
                     tracing::error!(error = %e, "key reload failed; keeping the old keys");
                 }
-            } else if now == last || now.is_none() {
-                continue;
-            } else {
+            } else if file_changed {
                 tracing::info!(path = %self.path.display(), "config file changed: reloading");
             }
-            last = now;
-            self.reload_config();
+            if by_signal || file_changed {
+                last = now;
+                self.reload_config();
+            }
+            // After the config: a reload may have named other certificate files.
+            let certs = self.cert_state();
+            if by_signal || certs != last_certs {
+                if let Some((files, _)) = &certs {
+                    self.reload_certificates(files);
+                }
+                last_certs = certs;
+            }
+        }
+    }
+
+    /// The certificate files to serve (from the live config, else the ones loaded) and a
+    /// fingerprint of their contents; `None` without a TLS listener.
+    fn cert_state(&self) -> Option<(Vec<CertFiles>, u64)> {
+        let resolver = self.certs.as_ref()?;
+        let files = match &self.shared.live.load().config.server.tls {
+            Some(tls) => tls.certs.clone(),
+            None => resolver.current().files().to_vec(),
+        };
+        let print = tls::fingerprint(&files);
+        Some((files, print))
+    }
+
+    /// Loads `files` and swaps them in for new handshakes; returns whether they were applied.
+    /// Open connections keep the certificate they were opened with either way.
+    pub fn reload_certificates(&self, files: &[CertFiles]) -> bool {
+        let Some(resolver) = &self.certs else {
+            return false;
+        };
+        match resolver.reload(files) {
+            Ok(()) => {
+                for (names, not_after) in resolver.current().summary() {
+                    tracing::info!(?names, not_after, "TLS certificate reloaded");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(problem = %e, "certificate reload rejected; the old certificates keep serving");
+                false
+            }
         }
     }
 
@@ -104,7 +157,15 @@ impl Reloader {
 /// Tables that are read once at start.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if old.server != new.server {
+    // Certificate files reload live; the rest of [server] (listeners included) does not.
+    let without_certs = |s: &crate::config::Server| {
+        let mut s = s.clone();
+        if let Some(tls) = s.tls.as_mut() {
+            tls.certs.clear();
+        }
+        s
+    };
+    if without_certs(&old.server) != without_certs(&new.server) {
         changed.push("server");
     }
     if old.database != new.database {

@@ -1,13 +1,16 @@
 //! The per-request access decision, as plain Rust: path normalization, the route table, bearer
 //! extraction, cached token verification, the revocation check and the role check.
 
+pub mod decision;
 pub mod normalize;
 pub mod revocation;
 pub mod routes;
+pub mod table;
 pub mod tunnels;
 
 use std::sync::Arc;
 
+pub use decision::{Decision, Offline, OfflineIdentity, Request, Verifier, decide, is_auth_path};
 pub use normalize::{PathError, PathPolicy, normalize, normalize_with};
 pub use revocation::{Lookup, RevocationCache};
 pub use routes::{RouteEntry, Routes};
@@ -44,6 +47,26 @@ impl Denial {
             Denial::InsufficientRole => "insufficient_role",
             Denial::Unavailable => "unavailable",
             Denial::AmbiguousAuthorization => "bad_request",
+        }
+    }
+
+    /// The HTTP status the proxy answers with (`proxy::respond` writes it).
+    pub fn status(&self) -> u16 {
+        match self {
+            Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked => 401,
+            Denial::InsufficientRole => 403,
+            Denial::Unavailable => 503,
+            Denial::AmbiguousAuthorization => 400,
+        }
+    }
+
+    /// The reason `routes explain` prints, in the words of the `WWW-Authenticate` header
+    /// (`insufficient_scope`) where the metric label differs.
+    pub fn explain_reason(&self) -> &'static str {
+        match self {
+            Denial::InsufficientRole => "insufficient_scope",
+            Denial::AmbiguousAuthorization => "ambiguous_authorization",
+            other => other.reason(),
         }
     }
 }
@@ -187,26 +210,13 @@ impl Authorizer {
     }
 
     /// The full decision for a protected or optional route: `Ok(None)` = anonymous caller on
-    /// an optional route.
+    /// an optional route. The same rules as [`decide`], which the proxy runs.
     pub async fn authorize(
         &self,
         route: &RouteEntry,
         token: Option<&str>,
     ) -> Result<Option<Authenticated>, Denial> {
-        use crate::config::AuthMode;
-        match (route.auth, token) {
-            (AuthMode::None, _) => Ok(None),
-            (AuthMode::Optional, None) => Ok(None),
-            (AuthMode::Required, None) => Err(Denial::MissingToken),
-            (_, Some(token)) => {
-                // Required or optional with a token: the token must be valid and the role allowed.
-                let auth = self.authenticate(token).await?;
-                if !route.allows(auth.claims.role) {
-                    return Err(Denial::InsufficientRole);
-                }
-                Ok(Some(auth))
-            }
-        }
+        decision::authorize(route, Ok(token), self).await
     }
 }
 

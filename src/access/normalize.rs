@@ -297,4 +297,60 @@ mod tests {
             Err(PathError::DotParameter)
         );
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Path-ish input: the characters that matter to normalization, escapes included.
+        fn pathish() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("/".to_string()),
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just(";".to_string()),
+                Just("\\".to_string()),
+                Just("%".to_string()),
+                "[a-zA-Z0-9_~-]{1,3}",
+                "%[0-9a-fA-F]{2}",
+                "%25[0-9a-fA-F]{2}",
+                Just("%2e".to_string()),
+                Just("%2F".to_string()),
+                Just("%C0%AE".to_string()),
+                Just("\u{e9}".to_string()),
+                Just("\u{1}".to_string()),
+            ];
+            proptest::collection::vec(piece, 0..24).prop_map(|v| format!("/{}", v.concat()))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+
+            #[test]
+            fn a_normalized_path_is_canonical_and_normalizes_to_itself(raw in pathish()) {
+                if let Ok(p) = normalize(&raw) {
+                    prop_assert!(p.starts_with('/'));
+                    prop_assert!(!p.contains("//"), "{p}");
+                    prop_assert!(!p.split('/').any(|s| s == "." || s == ".."), "{p}");
+                    let upper = p.to_ascii_uppercase();
+                    prop_assert!(!upper.contains("%2F") && !upper.contains("%5C"), "{p}");
+                    prop_assert!(!p.contains('\\') && !p.contains(';'), "{p}");
+                    prop_assert!(!p.chars().any(|c| c.is_control()), "{p}");
+                    prop_assert!(!upper.contains("%2E"), "{p}");
+                    // Nothing a backend that decodes twice would read as another escape.
+                    let double = upper.match_indices("%25").any(|(i, _)| {
+                        upper.as_bytes().get(i + 3..i + 5).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+                    });
+                    prop_assert!(!double, "{p}");
+                    prop_assert_eq!(normalize(&p), Ok(p.clone()));
+                }
+            }
+
+            #[test]
+            fn normalization_never_panics_on_any_string(raw in "\\PC*") {
+                let _ = normalize(&raw);
+                let _ = normalize_with(&raw, PathPolicy { allow_path_parameters: true });
+            }
+        }
+    }
 }

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod email;
 pub mod limits;
 pub mod oidc;
+pub mod operator;
 pub mod password;
 mod service;
 

@@ -20,8 +20,7 @@ use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
 use crate::model::{AuditKind, AuditRecord, Role, SessionInfo, User};
 use crate::store::{
-    AdminUpdate, AdminUpdateOutcome, AuditQuery, NewSession, RefreshOutcome, Store, StoreError,
-    Successor,
+    AdminUpdate, AuditQuery, NewSession, RefreshOutcome, Store, StoreError, Successor,
 };
 use crate::tokens::{Claims, TokenService, now_secs};
 
@@ -559,24 +558,7 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<User, AuthError> {
         Self::require_admin(caller)?;
-        let events = |before: &User, after: &User| {
-            admin_changes(before, after)
-                .into_iter()
-                .map(|(kind, detail)| {
-                    audit::event(kind, Some(id), Some(caller.sub), client, detail)
-                })
-                .collect()
-        };
-        match self.store.admin_update_user(id, update, events).await? {
-            AdminUpdateOutcome::Updated(user, events) => {
-                events.iter().for_each(audit::log);
-                Ok(user)
-            }
-            AdminUpdateOutcome::NotFound => Err(AuthError::NotFound("no such user")),
-            AdminUpdateOutcome::LastAdmin => Err(AuthError::Conflict(
-                "this change would leave no active admin",
-            )),
-        }
+        super::operator::update_user(&self.store, id, update, Some(caller.sub), client).await
     }
 
     /// Revokes every session of a user.
@@ -587,20 +569,7 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
         Self::require_admin(caller)?;
-        if !self.store.user_exists(id).await? {
-            return Err(AuthError::NotFound("no such user"));
-        }
-        let detail = json!({"all": true});
-        let event = audit::event(
-            AuditKind::SessionRevoked,
-            Some(id),
-            Some(caller.sub),
-            client,
-            detail,
-        );
-        self.store.revoke_all_sessions(id, &event).await?;
-        audit::log(&event);
-        Ok(())
+        super::operator::revoke_all_sessions(&self.store, id, Some(caller.sub), client).await
     }
 
     /// One page of the audit trail (admins only), newest first.
@@ -626,7 +595,7 @@ impl AuthService {
 }
 
 /// The audit events an admin update produced.
-fn admin_changes(before: &User, after: &User) -> Vec<(AuditKind, serde_json::Value)> {
+pub(super) fn admin_changes(before: &User, after: &User) -> Vec<(AuditKind, serde_json::Value)> {
     let mut out = Vec::new();
     if before.role != after.role {
         out.push((

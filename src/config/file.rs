@@ -36,6 +36,43 @@ pub struct Config {
     pub log: Log,
     /// Audit trail retention.
     pub audit: Audit,
+    /// Automatic certificates for the TLS listener.
+    pub acme: Acme,
+}
+
+/// `[acme]`: certificates from an ACME CA (RFC 8555), shared by every instance through
+/// PostgreSQL.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    /// Off unless asked for.
+    pub enabled: bool,
+    /// The CA's directory.
+    pub directory_url: String,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// One certificate for these names.
+    pub domains: Vec<String>,
+    /// Challenge type; `http-01` is answered on `server.listen`.
+    pub challenge: String,
+    /// Extra root (PEM file) trusted for `directory_url`; empty = the system roots.
+    pub ca_cert: String,
+    /// Renew when the certificate has fewer days left than this.
+    pub renew_before_days: u64,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            enabled: false,
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: Vec::new(),
+            domains: Vec::new(),
+            challenge: "http-01".into(),
+            ca_cert: String::new(),
+            renew_before_days: 30,
+        }
+    }
 }
 
 /// `[server]`
@@ -58,6 +95,10 @@ pub struct Server {
     /// Unix socket through which `serve --upgrade` takes over the listening sockets of the
     /// running instance; old and new process must agree on it.
     pub upgrade_sock: String,
+    /// Largest request head (target plus every header name and value) accepted; larger → 431.
+    pub max_header_bytes: usize,
+    /// `[server.tls]`: a TLS listener beside the plain one; absent = no TLS.
+    pub tls: Option<Tls>,
 }
 
 impl Default for Server {
@@ -70,8 +111,63 @@ impl Default for Server {
             shutdown_grace_secs: 5,
             allow_path_parameters: false,
             upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
+            max_header_bytes: 16384,
+            tls: None,
         }
     }
+}
+
+/// Lowest TLS version the TLS listener accepts.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (default: every client still in use).
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// TLS listener; `server.listen` stays plain HTTP.
+    pub listen: SocketAddr,
+    /// Certificates chosen by SNI; the first is the default for unknown or absent SNI.
+    pub certs: Vec<CertFiles>,
+    /// Lowest protocol version accepted.
+    pub min_version: TlsVersion,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    pub http2: bool,
+    /// `server.listen` answers 308 to the https URL (except ACME HTTP-01 challenges).
+    pub redirect_http: bool,
+    /// `> 0`: `Strict-Transport-Security: max-age=N` on every TLS response.
+    pub hsts_max_age_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            certs: Vec::new(),
+            min_version: TlsVersion::V1_2,
+            http2: true,
+            redirect_http: false,
+            hsts_max_age_secs: 0,
+        }
+    }
+}
+
+/// One certificate: PEM files, relative to the working directory.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// Certificate chain, leaf first.
+    pub cert: String,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 /// CIDRs, where a bare address means just that address (`/32` or `/128`).

@@ -91,6 +91,17 @@ impl Config {
     }
 }
 
+impl Problem {
+    /// A problem found outside `config/` (a certificate file, say), located by its dotted key
+    /// in the file at `path` so it reads like every other config problem.
+    pub fn located(path: &Path, key: String, message: String) -> Problem {
+        let line = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| validate::line_of_key(&text, &key));
+        Problem { key, line, message }
+    }
+}
+
 /// 1-based line number of a byte offset.
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]

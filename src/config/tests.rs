@@ -228,6 +228,102 @@ fn a_bare_trusted_proxy_address_means_that_one_address() {
 }
 
 #[test]
+fn readme_documents_every_tls_key() {
+    let readme = include_str!("../../README.md");
+    let value = serde_json::to_value(Tls::default()).unwrap();
+    let missing: Vec<String> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| format!("`server.tls.{k}`"))
+        .filter(|k| !readme.contains(k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's config reference misses {missing:?}"
+    );
+}
+
+const TLS: &str = "[server.tls]\ncerts = [ { cert = \"certs/a.pem\", key = \"certs/a.key\" } ]";
+
+#[test]
+fn a_tls_table_gets_the_documented_defaults() {
+    let config = Config::parse(&shipped_with("", TLS)).unwrap();
+    let tls = config.server.tls.unwrap();
+    assert_eq!(tls.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(tls.certs[0].key, "certs/a.key");
+    assert_eq!(tls.min_version, TlsVersion::V1_2);
+    assert!(tls.http2);
+    assert!(!tls.redirect_http);
+    assert_eq!(tls.hsts_max_age_secs, 0);
+    assert!(Config::parse(SHIPPED).unwrap().server.tls.is_none());
+}
+
+#[test]
+fn min_version_accepts_only_1_2_and_1_3() {
+    let ok = Config::parse(&shipped_with("", &format!("{TLS}\nmin_version = \"1.3\"")));
+    assert_eq!(
+        ok.unwrap().server.tls.unwrap().min_version,
+        TlsVersion::V1_3
+    );
+    let p = problems(&shipped_with("", &format!("{TLS}\nmin_version = \"1.1\"")));
+    assert_eq!(p[0].key, "server.tls.min_version", "{p:?}");
+}
+
+#[test]
+fn a_tls_table_without_certificates_is_an_error() {
+    let p = problems(&shipped_with("", "[server.tls]\nlisten = \"0.0.0.0:8443\""));
+    assert_eq!(p[0].key, "server.tls.certs", "{p:?}");
+    let p = problems(&shipped_with(
+        "",
+        "[server.tls]\ncerts = [ { cert = \"\", key = \"k\" } ]",
+    ));
+    assert_eq!(p[0].key, "server.tls.certs[0].cert", "{p:?}");
+    assert!(p[0].line.is_some());
+}
+
+#[test]
+fn the_tls_listener_must_not_share_a_port_with_another_listener() {
+    let p = problems(&shipped_with(
+        "",
+        &format!("{TLS}\nlisten = \"0.0.0.0:8080\""),
+    ));
+    assert_eq!(p[0].key, "server.tls.listen", "{p:?}");
+    assert!(p[0].message.contains("server.listen"), "{p:?}");
+}
+
+#[test]
+fn an_unknown_tls_key_is_an_error() {
+    let p = problems(&shipped_with("", &format!("{TLS}\nhsts = 5")));
+    assert!(p[0].key.contains("hsts"), "{p:?}");
+    let p = problems(&shipped_with(
+        "",
+        "[server.tls]\ncerts = [ { cert = \"a\", key = \"b\", chain = \"c\" } ]",
+    ));
+    assert!(p[0].message.contains("unknown field"), "{p:?}");
+}
+
+#[test]
+fn a_problem_found_outside_config_is_located_by_its_key() {
+    let dir = std::env::temp_dir().join(format!("pc-locate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config.toml");
+    let text = shipped_with(
+        "",
+        "[server.tls]\ncerts = [\n  { cert = \"a\", key = \"b\" },\n  { cert = \"c\", key = \"d\" },\n]",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let p = Problem::located(&path, "server.tls.certs[1].key".into(), "x".into());
+    let expected = text
+        .lines()
+        .position(|l| l.contains("cert = \"c\""))
+        .unwrap()
+        + 1;
+    assert_eq!(p.line, Some(expected));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn log_and_audit_keys_are_validated() {
     let config = Config::parse(SHIPPED).unwrap();
     assert_eq!(config.log, Log::default());

@@ -32,45 +32,45 @@ impl<'t> Locator<'t> {
         }
     }
 
-    /// Dotted path of the key an offset belongs to: at each level the entry that starts last
-    /// before the offset (table headers and array-of-table items included). Serde errors carry
-    /// a span but not always the key's name.
+    /// Dotted path of the key an offset belongs to: the key (or array item) anywhere in the
+    /// file that starts last before the offset, so a table written out of order (`[server.tls]`
+    /// after `[[route]]`) is still named right. Serde errors carry a span but not always the
+    /// key's name.
     pub(super) fn key_at(&self, offset: usize) -> Option<String> {
-        fn walk(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>) {
-            let mut best: Option<(usize, &str, &DeValue<'_>, Option<usize>)> = None;
+        type Best = Option<(usize, String)>;
+        fn consider(
+            start: usize,
+            path: String,
+            value: &DeValue<'_>,
+            offset: usize,
+            best: &mut Best,
+        ) {
+            if let DeValue::Table(t) = value {
+                walk(t, offset, &path, best);
+            }
+            if start <= offset && best.as_ref().is_none_or(|b| start > b.0) {
+                *best = Some((start, path));
+            }
+        }
+        fn walk(table: &DeTable<'_>, offset: usize, prefix: &str, best: &mut Best) {
             for (key, value) in table.iter() {
-                let better = |best: &Option<(usize, &str, &DeValue<'_>, Option<usize>)>, start| {
-                    start <= offset && best.is_none_or(|b| start >= b.0)
+                let path = if prefix.is_empty() {
+                    key.get_ref().to_string()
+                } else {
+                    format!("{prefix}.{}", key.get_ref())
                 };
-                let start = key.span().start;
-                if better(&best, start) {
-                    best = Some((start, key.get_ref(), value.get_ref(), None));
-                }
                 if let DeValue::Array(items) = value.get_ref() {
                     for (i, item) in items.iter().enumerate() {
-                        let start = item.span().start;
-                        if better(&best, start) {
-                            best = Some((start, key.get_ref(), item.get_ref(), Some(i)));
-                        }
+                        let item_path = format!("{path}[{i}]");
+                        consider(item.span().start, item_path, item.get_ref(), offset, best);
                     }
                 }
-            }
-            if let Some((_, key, value, idx)) = best {
-                path.push(match idx {
-                    Some(i) => format!("{key}[{i}]"),
-                    None => key.to_string(),
-                });
-                if let DeValue::Table(t) = value {
-                    walk(t, offset, path);
-                }
+                consider(key.span().start, path, value.get_ref(), offset, best);
             }
         }
-        let mut path = Vec::new();
-        walk(self.root.as_ref()?.get_ref(), offset, &mut path);
-        if path.is_empty() {
-            return None;
-        }
-        Some(path.join("."))
+        let mut best = None;
+        walk(self.root.as_ref()?.get_ref(), offset, "", &mut best);
+        best.map(|(_, path)| path)
     }
 
     /// Line of the deepest part of `path` present in the file.
@@ -97,6 +97,24 @@ impl<'t> Locator<'t> {
         }
         best.map(|o| line_of_offset(self.text, o))
     }
+}
+
+/// Line of a dotted key path such as `server.tls.certs[0].key`, for problems found outside
+/// this module (certificate files).
+pub(super) fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let mut segs = Vec::new();
+    for part in key.split('.') {
+        let mut rest = part;
+        let name_end = rest.find('[').unwrap_or(rest.len());
+        segs.push(Seg::Key(&rest[..name_end]));
+        rest = &rest[name_end..];
+        while let Some(inner) = rest.strip_prefix('[') {
+            let close = inner.find(']')?;
+            segs.push(Seg::Index(inner[..close].parse().ok()?));
+            rest = &inner[close + 1..];
+        }
+    }
+    Locator::new(text).line(&segs)
 }
 
 struct Report<'t> {
@@ -140,12 +158,23 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     };
     let s = &config.server;
     r.at_least("server", "threads", s.threads as u64, 1);
+    r.at_least(
+        "server",
+        "max_header_bytes",
+        s.max_header_bytes as u64,
+        1024,
+    );
     if s.listen == s.admin_listen {
         r.add(
             &[Seg::Key("server"), Seg::Key("admin_listen")],
             "must differ from server.listen",
         );
     }
+
+    if let Some(tls) = &s.tls {
+        validate_tls(&mut r, s, tls, config.acme.enabled);
+    }
+    validate_acme(&mut r, config);
 
     let db = &config.database;
     if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://")) {
@@ -385,6 +414,95 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         }
     }
     r.problems
+}
+
+/// `[server.tls]` rules that need no file access (the files are checked by `tls::check`).
+fn validate_tls(r: &mut Report<'_>, server: &super::Server, tls: &super::Tls, acme: bool) {
+    let at = |k| [Seg::Key("server"), Seg::Key("tls"), Seg::Key(k)];
+    for (other, name) in [
+        (server.listen, "server.listen"),
+        (server.admin_listen, "server.admin_listen"),
+    ] {
+        if same_port(tls.listen, other) {
+            r.add(&at("listen"), format!("must not share a port with {name}"));
+        }
+    }
+    if tls.certs.is_empty() && !acme {
+        r.add(
+            &at("certs"),
+            "needs at least one { cert = \"…pem\", key = \"…key\" } (the first is the default), \
+             or [acme] enabled = true",
+        );
+    }
+    for (i, c) in tls.certs.iter().enumerate() {
+        for (field, path) in [("cert", &c.cert), ("key", &c.key)] {
+            if path.trim().is_empty() {
+                r.add(
+                    &[
+                        Seg::Key("server"),
+                        Seg::Key("tls"),
+                        Seg::Key("certs"),
+                        Seg::Index(i),
+                        Seg::Key(field),
+                    ],
+                    "must name a PEM file",
+                );
+            }
+        }
+    }
+}
+
+/// `[acme]` rules (only when enabled; the CA itself is only reached by `serve`).
+fn validate_acme(r: &mut Report<'_>, config: &Config) {
+    let acme = &config.acme;
+    if !acme.enabled {
+        return;
+    }
+    let at = |k| [Seg::Key("acme"), Seg::Key(k)];
+    if config.server.tls.is_none() {
+        r.add(
+            &at("enabled"),
+            "needs a [server.tls] listener to serve the certificate on",
+        );
+    }
+    if !(acme.directory_url.starts_with("https://") || acme.directory_url.starts_with("http://")) {
+        r.add(&at("directory_url"), "must be an http(s) URL");
+    }
+    if acme.domains.is_empty() {
+        r.add(&at("domains"), "needs at least one domain name");
+    }
+    for d in &acme.domains {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && !d.starts_with('.')
+            && d.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*'));
+        if !ok {
+            r.add(&at("domains"), format!("{d:?} is not a DNS name"));
+        }
+    }
+    if acme.challenge != "http-01" {
+        r.add(
+            &at("challenge"),
+            format!(
+                "{:?} is not supported (supported: \"http-01\")",
+                acme.challenge
+            ),
+        );
+    }
+    for c in &acme.contact {
+        if !c.starts_with("mailto:") {
+            r.add(&at("contact"), format!("{c:?} must be a mailto: URL"));
+        }
+    }
+    if acme.renew_before_days == 0 || acme.renew_before_days > 60 {
+        r.add(&at("renew_before_days"), "must be between 1 and 60");
+    }
+}
+
+/// Two listen addresses that cannot both be bound: same port on the same or a wildcard address.
+fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// `host:port` with a non-empty host and a numeric port.

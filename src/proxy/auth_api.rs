@@ -17,10 +17,7 @@ use crate::tokens::Claims;
 /// Largest request body accepted on /auth.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Whether a normalized path is served by the gateway itself.
-pub fn is_auth_path(path: &str) -> bool {
-    path == "/auth" || path.starts_with("/auth/") || path == "/.well-known/jwks.json"
-}
+pub use crate::access::is_auth_path;
 
 #[derive(Deserialize)]
 struct Credentials {

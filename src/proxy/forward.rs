@@ -246,6 +246,8 @@ pub fn check_framing(
         ));
     }
     match counts.host {
+        // HTTP/2 carries the host in `:authority`.
+        0 if req.version == http::Version::HTTP_2 && req.uri.authority().is_some() => {}
         0 => return Err(ApiError::bad_request("the request has no Host header")),
         1 => {}
         _ => {
@@ -262,6 +264,17 @@ pub fn check_framing(
         ));
     }
     Ok(())
+}
+
+/// Size of the request head as the limit counts it: every header name and value, plus the
+/// `: ` and CRLF each line costs on the wire, plus the target. The same for HTTP/1 and HTTP/2.
+pub fn head_bytes(req: &RequestHeader) -> usize {
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    req.headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + target
 }
 
 /// The client's `X-Request-Id` when it is a sane token, else a fresh UUID.
@@ -306,6 +319,15 @@ mod tests {
         assert!(check_framing(&get, Some(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")).is_ok());
         get.append_header("Host", "b").unwrap();
         assert!(check_framing(&get, None).is_err());
+    }
+
+    #[test]
+    fn the_head_size_counts_names_values_and_the_target() {
+        let mut req = RequestHeader::build("GET", b"/abc?d", None).unwrap();
+        assert_eq!(head_bytes(&req), 6);
+        req.insert_header("Host", "a").unwrap();
+        req.append_header("X-Big", "x".repeat(100)).unwrap();
+        assert_eq!(head_bytes(&req), 6 + (4 + 1 + 4) + (5 + 100 + 4));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `access/` (the decision), `auth_api` (the /auth endpoints) and `respond` (every error).
 
 pub mod auth_api;
+pub mod edge;
 mod forward;
 pub mod respond;
 pub mod services;
@@ -16,20 +17,22 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access::{
-    Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer, normalize_with,
-};
+use crate::access::{self, Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
-use crate::telemetry::{Metrics, access};
+use crate::telemetry::{Metrics, access as access_log};
 use crate::tokens::Claims;
 use respond::ApiError;
 use upstream::{UpstreamError, UpstreamPool, build_pools};
+
+/// Where the CA fetches HTTP-01 answers (any instance answers from the database).
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// What can change on reload: the route table and the upstream pools, built together from
 /// one config and swapped atomically.
@@ -73,6 +76,8 @@ pub struct Shared {
     pub store: Store,
     /// Fixed at start: identity header names (lower-case, `_` as `-`) and trusted proxies.
     pub forwarding: forward::Forwarding,
+    /// Fixed at start: HSTS and the https redirect (`[server.tls]`).
+    pub edge: edge::Edge,
 }
 
 impl std::fmt::Debug for Shared {
@@ -98,6 +103,7 @@ impl Shared {
             metrics,
             store,
             forwarding: forward::Forwarding::new(config),
+            edge: edge::Edge::new(config),
         }
     }
 }
@@ -155,6 +161,39 @@ enum Decision {
 }
 
 impl Gateway {
+    /// Answers an ACME HTTP-01 challenge from the database (any instance can), before any
+    /// route could claim the path; `None` when this is not one.
+    async fn acme_challenge(&self, session: &mut Session, ctx: &mut Ctx) -> Option<Decision> {
+        let shared = &*self.shared;
+        let policy = {
+            let live = shared.live.load();
+            if !live.config.acme.enabled
+                || !session
+                    .req_header()
+                    .uri
+                    .path()
+                    .starts_with(ACME_CHALLENGE_PREFIX)
+            {
+                return None;
+            }
+            live.path_policy
+        };
+        let path = match access::normalize_with(session.req_header().uri.path(), policy) {
+            Ok(p) => p,
+            Err(e) => return Some(Decision::Reject(e.into())),
+        };
+        let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
+        ctx.route_label = "/.well-known/acme-challenge/";
+        Some(match shared.store.acme_challenge(token).await {
+            Ok(Some(answer)) => {
+                ctx.status = respond::text(session, answer, &ctx.request_id).await;
+                Decision::Responded
+            }
+            Ok(None) => Decision::Reject(ApiError::not_found()),
+            Err(_) => Decision::Reject(ApiError::unavailable()),
+        })
+    }
+
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Decision {
         let shared = &*self.shared;
         let raw_head = session
@@ -164,6 +203,14 @@ impl Gateway {
         if let Err(e) = forward::check_framing(session.req_header(), raw_head.as_deref()) {
             return Decision::Reject(e);
         }
+        let max_head = shared.live.load().config.server.max_header_bytes;
+        if forward::head_bytes(session.req_header()) > max_head {
+            return Decision::Reject(ApiError::new(
+                431,
+                "request_header_fields_too_large",
+                "the request headers are too large",
+            ));
+        }
         ctx.request_id = forward::request_id(session.req_header());
         ctx.peer_ip = session
             .client_addr()
@@ -172,62 +219,74 @@ impl Gateway {
         ctx.client_ip = shared
             .forwarding
             .client_ip(ctx.peer_ip, session.req_header());
-        let policy = shared.live.load().path_policy;
-        let path = match normalize_with(session.req_header().uri.path(), policy) {
-            Ok(p) => p,
-            Err(e) => return Decision::Reject(e.into()),
-        };
-        if auth_api::is_auth_path(&path) {
-            ctx.route_label = "/auth";
-            ctx.status = auth_api::handle(shared, session, ctx, &path).await;
-            return Decision::Responded;
+        if let Some(decision) = self.acme_challenge(session, ctx).await {
+            return decision;
         }
+        // The pure decision is `access::decide`, the same function `routes explain` runs.
         let live = shared.live.load();
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let Some(route) = live.routes.find(host, &req.method, &path) else {
-            return Decision::Reject(ApiError::not_found());
+        let request = access::Request {
+            method: &req.method,
+            path: req.uri.path(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri.authority().map(|a| a.as_str())), // HTTP/2 `:authority`
+            bearer: bearer(
+                req.headers
+                    .get_all("authorization")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
         };
-        ctx.route = Some(route.clone());
-        let token = match bearer(
-            req.headers
-                .get_all("authorization")
-                .iter()
-                .map(|v| v.as_bytes()),
-        ) {
-            Ok(t) => t,
-            Err(d) => return Decision::Reject(d.into()),
-        };
-        match shared.authorizer.authorize(route, token).await {
-            Ok(auth) => {
-                if let Some(auth) = auth {
-                    if let Some(lookup) = auth.lookup {
-                        let label = match lookup {
-                            crate::access::Lookup::Hit => "hit",
-                            crate::access::Lookup::Miss => "miss",
-                        };
-                        shared
-                            .metrics
-                            .revocation_cache
-                            .with_label_values(&[label])
-                            .inc();
-                    }
-                    ctx.identity = Some(auth.claims);
+        let (path, route) =
+            match access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await
+            {
+                access::Decision::BadPath(e) => return Decision::Reject(e.into()),
+                access::Decision::Auth { path } => {
+                    drop(live);
+                    ctx.route_label = "/auth";
+                    ctx.status = auth_api::handle(shared, session, ctx, &path).await;
+                    return Decision::Responded;
                 }
-            }
-            Err(denial) => {
-                ctx.deny_reason = Some(denial.reason());
-                shared
-                    .metrics
-                    .access_denied
-                    .with_label_values(&[denial.reason()])
-                    .inc();
-                return Decision::Reject(denial.into());
-            }
-        }
+                access::Decision::NoRoute { .. } => {
+                    return Decision::Reject(ApiError::not_found());
+                }
+                access::Decision::Deny { route, denial, .. } => {
+                    ctx.deny_reason = Some(denial.reason());
+                    ctx.route = Some(route);
+                    shared
+                        .metrics
+                        .access_denied
+                        .with_label_values(&[denial.reason()])
+                        .inc();
+                    return Decision::Reject(denial.into());
+                }
+                access::Decision::Forward {
+                    path,
+                    route,
+                    identity,
+                } => {
+                    if let Some(auth) = identity {
+                        if let Some(lookup) = auth.lookup {
+                            let label = match lookup {
+                                crate::access::Lookup::Hit => "hit",
+                                crate::access::Lookup::Miss => "miss",
+                            };
+                            shared
+                                .metrics
+                                .revocation_cache
+                                .with_label_values(&[label])
+                                .inc();
+                        }
+                        ctx.identity = Some(auth.claims);
+                    }
+                    ctx.route = Some(route.clone());
+                    (path, route)
+                }
+            };
+        let req = session.req_header();
         let upstream_path = route.upstream_path(&path);
         let path_and_query = match req.uri.query() {
             Some(q) => format!("{upstream_path}?{q}"),
@@ -270,7 +329,14 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        self.shared.edge.init_downstream_modules(modules);
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if self.shared.edge.answered(session, ctx).await {
+            return Ok(true);
+        }
         match self.decide(session, ctx).await {
             Decision::Forward => Ok(false),
             Decision::Responded => Ok(true),
@@ -278,7 +344,7 @@ impl ProxyHttp for Gateway {
                 if ctx.request_id.is_empty() {
                     ctx.request_id = uuid::Uuid::new_v4().to_string();
                 }
-                if err.status == 400 {
+                if matches!(err.status, 400 | 431) {
                     session.set_keepalive(None);
                 }
                 ctx.deny_reason.get_or_insert(err.code);
@@ -459,13 +525,13 @@ impl ProxyHttp for Gateway {
         }
         let live = self.shared.live.load();
         let log = &live.config.log;
-        if !access::keep(log.access_log, log.access_log_sample, status) {
+        if !access_log::keep(log.access_log, log.access_log_sample, status) {
             return;
         }
         let req = session.req_header();
         let raw = req.uri.path();
-        let normalized = normalize_with(raw, live.path_policy).ok();
-        access::write(&access::Record {
+        let normalized = crate::access::normalize_with(raw, live.path_policy).ok();
+        access_log::write(&access_log::Record {
             request_id: &ctx.request_id,
             client_ip: ctx.client_ip.or(ctx.peer_ip).or_else(|| {
                 session

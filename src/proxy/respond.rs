@@ -109,18 +109,22 @@ impl From<AuthError> for ApiError {
 impl From<Denial> for ApiError {
     fn from(d: Denial) -> Self {
         match d {
-            Denial::MissingToken => Self::new(401, "unauthorized", "a bearer token is required")
-                .with("WWW-Authenticate", REALM),
+            Denial::MissingToken => {
+                Self::new(d.status(), "unauthorized", "a bearer token is required")
+                    .with("WWW-Authenticate", REALM)
+            }
             Denial::InvalidToken(_) | Denial::Revoked => Self::new(
-                401,
+                d.status(),
                 "invalid_token",
                 "the access token is invalid, expired or revoked",
             )
             .with("WWW-Authenticate", INVALID_TOKEN),
-            Denial::InsufficientRole => {
-                Self::new(403, "forbidden", "your role does not allow this request")
-                    .with("WWW-Authenticate", INSUFFICIENT_SCOPE)
-            }
+            Denial::InsufficientRole => Self::new(
+                d.status(),
+                "forbidden",
+                "your role does not allow this request",
+            )
+            .with("WWW-Authenticate", INSUFFICIENT_SCOPE),
             Denial::Unavailable => Self::unavailable(),
             Denial::AmbiguousAuthorization => {
                 Self::bad_request("the request has more than one Authorization header")
@@ -221,6 +225,34 @@ pub async fn redirect(session: &mut Session, location: &str, request_id: &str) -
     302
 }
 
+/// Writes a 308 to `location` (the plain listener's https redirect; method and body kept).
+pub async fn permanent_redirect(session: &mut Session, location: &str, request_id: &str) -> u16 {
+    write(
+        session,
+        308,
+        Vec::new(),
+        &[("Location", location)],
+        false,
+        request_id,
+    )
+    .await;
+    308
+}
+
+/// Writes a 200 `text/plain` body (an ACME HTTP-01 challenge answer).
+pub async fn text(session: &mut Session, body: String, request_id: &str) -> u16 {
+    write(
+        session,
+        200,
+        body.into_bytes(),
+        &[("Content-Type", "text/plain")],
+        false,
+        request_id,
+    )
+    .await;
+    200
+}
+
 /// Writes an empty response (204).
 pub async fn empty(session: &mut Session, status: u16, request_id: &str) -> u16 {
     write(session, status, Vec::new(), &[], true, request_id).await;
@@ -241,7 +273,10 @@ async fn write(
     }
     let result: pingora::Result<()> = async {
         let mut resp = ResponseHeader::build(status, Some(6))?;
-        if !body.is_empty() {
+        let typed = headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"));
+        if !body.is_empty() && !typed {
             resp.insert_header("Content-Type", "application/json")?;
         }
         resp.insert_header("Content-Length", body.len().to_string())?;
@@ -253,7 +288,8 @@ async fn write(
         for (name, value) in headers {
             resp.append_header(name.to_string(), value.to_string())?;
         }
-        let empty = body.is_empty();
+        // A HEAD answer carries the length but no body (HTTP/2 resets a stream that sends one).
+        let empty = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), empty).await?;
         if !empty {
             session

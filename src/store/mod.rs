@@ -1,6 +1,7 @@
 //! Everything that talks to PostgreSQL: the pool, migrations, users, sessions and refresh
 //! tokens, and the LISTEN connection. No other module touches tokio-postgres or deadpool.
 
+mod acme;
 mod audit;
 mod listener;
 mod migrate;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use tokio_postgres::NoTls;
 
+pub use acme::StoredCert;
 pub use audit::AuditQuery;
 pub use listener::{RevocationEvent, listen_for_revocations};
 pub use migrate::{ensure_database, migrate};

@@ -257,6 +257,33 @@ impl Store {
         Ok(owned)
     }
 
+    /// Revokes a live session whoever owns it (operator action), announces it and records
+    /// `audit(owner)` in the same transaction; `false` when there is no such live session.
+    pub async fn revoke_session_by_id(
+        &self,
+        sid: Uuid,
+        audit: impl FnOnce(Uuid) -> AuditEvent + Send,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let live = tx
+            .query_opt(
+                "SELECT user_id FROM sessions WHERE id = $1 AND revoked_at IS NULL FOR UPDATE",
+                &[&sid],
+            )
+            .await?;
+        let live = match live {
+            Some(row) => {
+                revoke_session(&tx, sid).await?;
+                super::audit::insert_in(&tx, &audit(row.try_get(0)?)).await?;
+                true
+            }
+            None => false,
+        };
+        tx.commit().await?;
+        Ok(live)
+    }
+
     /// Revokes every session of a user (logout-all, admin action) and records `audit` in the
     /// same transaction.
     pub async fn revoke_all_sessions(

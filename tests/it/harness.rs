@@ -320,6 +320,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Extra keys for the `[server]` table (e.g. `trusted_proxies`).
     pub server: String,
+    /// The plain listener's port, when the test must know it before the start.
+    pub port: Option<u16>,
 }
 
 impl Options {
@@ -333,6 +335,7 @@ impl Options {
             default_routes: true,
             env: Vec::new(),
             server: String::new(),
+            port: None,
         }
     }
 }
@@ -449,7 +452,7 @@ impl Gateway {
         dir: tempfile::TempDir,
         keys: PathBuf,
     ) -> Gateway {
-        let port = free_port();
+        let port = opts.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let config_path = dir.path().join("config.toml");
         std::fs::write(

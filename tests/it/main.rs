@@ -5,8 +5,11 @@ mod harness;
 
 mod foundation;
 
+mod acme;
 mod auth;
 mod logs;
 mod oidc;
+mod operators;
 mod proxy;
+mod tls;
 mod websocket;

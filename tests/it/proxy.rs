@@ -1722,3 +1722,58 @@ async fn a_trusted_proxy_extends_x_forwarded_for_and_names_the_client_for_sessio
         .collect();
     assert!(ips.contains(&"198.51.100.23"), "{ips:?}");
 }
+
+#[tokio::test]
+async fn an_oversized_request_head_is_431_and_never_forwarded() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let big = format!("X-Big: {}", "x".repeat(64 * 1024));
+    let r = raw_get(gw.port, b"/public/x", &[&big]).await;
+    assert_rejected(
+        &r,
+        431,
+        "request_header_fields_too_large",
+        &echo,
+        0,
+        "64 KiB header",
+    );
+    // Many small headers count together.
+    let many: Vec<String> = (0..40)
+        .map(|i| format!("X-H{i}: {}", "y".repeat(500)))
+        .collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let r = raw_get(gw.port, b"/public/x", &refs).await;
+    assert_rejected(
+        &r,
+        431,
+        "request_header_fields_too_large",
+        &echo,
+        0,
+        "40 × 500 B",
+    );
+    // Under the default 16 KiB: forwarded.
+    let fine = format!("X-Fine: {}", "z".repeat(8 * 1024));
+    let r = raw_get(gw.port, b"/public/x", &[&fine]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echo.count(), 1);
+}
+
+#[tokio::test]
+async fn the_head_size_limit_is_configurable() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options {
+        server: "max_header_bytes = 2048\n".into(),
+        ..Options::new(echo.addr)
+    })
+    .await;
+    let h = format!("X-Mid: {}", "m".repeat(4096));
+    let r = raw_get(gw.port, b"/public/x", &[&h]).await;
+    assert_rejected(
+        &r,
+        431,
+        "request_header_fields_too_large",
+        &echo,
+        0,
+        "4 KiB over 2 KiB",
+    );
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# CPU instructions per proxied request, counted by valgrind's callgrind: unlike req/s, the count
+# does not move when something else runs on the machine, so a change to the request path can be
+# judged on a busy 2-core box. One gateway worker thread, the release binary, wrk as the client,
+# the built-in Python upstream; counting covers only the measured window (after warm-up).
+#
+#   bash benches/load/instructions.sh [--requests-secs S]   (needs wrk, valgrind, PostgreSQL)
+#
+# Prints instructions per request for a public route and a protected (JWT + revocation cache)
+# route. The whole process is counted (Pingora, our phases, the allocator, the kernel boundary
+# excluded): compare runs of this script, not with other tools.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=10
+[ "${1:-}" = "--requests-secs" ] && secs="$2"
+
+for tool in wrk valgrind callgrind_control curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+done
+bin=target/release/portcullis
+[ -x "$bin" ] || cargo build --release
+
+dir=$(mktemp -d /tmp/portcullis-instr-XXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up=$(free_port); port=$(free_port); admin=$(free_port)
+db="postgres://postgres@127.0.0.1:5432/portcullis_instr_$$"
+cat >"$dir/config.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+threads = 1
+upgrade_sock = "$dir/upgrade.sock"
+[database]
+url = "$db"
+pool_size = 4
+[tokens]
+keys_dir = "$dir/keys"
+[passwords]
+argon2_memory_kib = 256
+argon2_iterations = 1
+[rate_limit]
+login_per_minute_per_ip = 0
+register_per_minute_per_ip = 0
+[[upstream]]
+name = "api"
+addrs = ["127.0.0.1:$up"]
+[[route]]
+prefix = "/api/"
+upstream = "api"
+[[route]]
+prefix = "/public/"
+upstream = "api"
+auth = "none"
+EOF
+
+python3 benches/load/upstream.py "$up" >/dev/null 2>&1 &
+pids+=($!)
+RUST_LOG=warn valgrind --tool=callgrind --collect-atstart=no \
+  --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/config.toml" serve \
+  >"$dir/gateway.log" 2>&1 &
+vg=$!
+pids+=($vg)
+for _ in $(seq 1 300); do
+  curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { cat "$dir/gateway.log"; exit 1; }
+
+body='{"email":"instr@example.com","password":"password-123"}'
+curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/register" >/dev/null
+token=$(curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/login" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+measure() { # name path [header]
+  local name=$1 path=$2 header=${3:-}
+  local args=(-t1 -c4 "-d${secs}s" --latency)
+  [ -n "$header" ] && args+=(-H "$header")
+  wrk -t1 -c4 -d2s ${header:+-H "$header"} "http://127.0.0.1:$port$path" >/dev/null # warm-up
+  callgrind_control -z "$vg" >/dev/null
+  callgrind_control -i on "$vg" >/dev/null
+  local out
+  out=$(wrk "${args[@]}" "http://127.0.0.1:$port$path")
+  callgrind_control -i off "$vg" >/dev/null
+  callgrind_control -d "$name" "$vg" >/dev/null
+  sleep 1
+  local n ir file
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  file=$(ls -t "$dir"/cg.out* | head -1)
+  ir=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
+  echo "$name: $((ir / n)) instructions/request ($n requests)"
+}
+
+measure public /public/x
+measure protected /api/x "Authorization: Bearer $token"
+psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS portcullis_instr_$$ WITH (FORCE)" >/dev/null 2>&1 || true

@@ -1,0 +1,317 @@
+//! Automatic certificates (API.md §7) against a real ACME CA: Debian's `pebble`, with
+//! `pebble-challtestsrv` as its DNS so every name resolves to 127.0.0.1. The CA validates the
+//! HTTP-01 challenge by fetching it from a gateway's plain listener; the certificate and the
+//! challenge answers go through PostgreSQL, so an instance that never talked to the CA answers
+//! the challenge and serves the certificate. A CA that is down leaves the placeholder serving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+
+use crate::harness::*;
+
+const NAME: &str = "gw.test";
+
+/// A child process killed when the test ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running pebble CA.
+struct Pebble {
+    _processes: (Killed, Killed),
+    _dir: tempfile::TempDir,
+    /// The ACME directory URL.
+    directory: String,
+    /// PEM of the CA that signed pebble's own HTTPS certificate (for `acme.ca_cert`).
+    https_ca_path: String,
+    https_ca_pem: String,
+    management: String,
+}
+
+impl Pebble {
+    /// Starts pebble; its HTTP-01 validations connect to `http_port` on 127.0.0.1.
+    async fn start(http_port: u16) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        // pebble's own HTTPS certificate, from a throwaway CA the gateway is told to trust.
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        leaf.subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &ca).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let cert_path = write("pebble.pem", &cert.pem());
+        let key_path = write("pebble.key", &key.serialize_pem());
+        let https_ca_path = write("ca.pem", &ca.pem());
+
+        let (acme_port, mgmt_port, dns_port, chall_mgmt, tls_port) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let config = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": cert_path,
+            "privateKey": key_path,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }});
+        let config_path = write("pebble.json", &config.to_string());
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-dns01",
+                &format!("127.0.0.1:{dns_port}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{chall_mgmt}"),
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("dns.log"))
+            .stderr(log("dns.err"))
+            .spawn()
+            .expect("pebble-challtestsrv (apt-get install pebble)");
+        let ca_process = Command::new("pebble")
+            .args([
+                "-config",
+                &config_path,
+                "-dnsserver",
+                &format!("127.0.0.1:{dns_port}"),
+            ])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdin(Stdio::null())
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("pebble (apt-get install pebble)");
+        let pebble = Pebble {
+            _processes: (Killed(dns), Killed(ca_process)),
+            directory: format!("https://127.0.0.1:{acme_port}/dir"),
+            https_ca_path,
+            https_ca_pem: ca.pem(),
+            management: format!("https://127.0.0.1:{mgmt_port}"),
+            _dir: dir,
+        };
+        let client = pebble.client();
+        let up = eventually(Duration::from_secs(20), || async {
+            client.get(&pebble.directory).send().await.is_ok()
+        })
+        .await;
+        assert!(up.is_some(), "pebble did not come up");
+        pebble
+    }
+
+    /// A client trusting pebble's HTTPS certificate.
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.https_ca_pem.as_bytes()).unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// The root that signs the certificates this CA issues.
+    async fn issuing_root(&self) -> String {
+        self.client()
+            .get(format!("{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `[server.tls]` + `[acme]` tables for a gateway whose TLS listener is `tls_port`.
+fn acme_tables(tls_port: u16, directory: &str, ca_cert: &str) -> String {
+    format!(
+        "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncerts = []\n\n\
+         [acme]\nenabled = true\ndirectory_url = \"{directory}\"\ncontact = [\"mailto:ops@gw.test\"]\n\
+         domains = [\"{NAME}\"]\nca_cert = \"{ca_cert}\"\n"
+    )
+}
+
+/// A gateway with ACME; returns it and its TLS address.
+async fn start_gateway(
+    upstream: SocketAddr,
+    db: String,
+    keys: &Path,
+    port: Option<u16>,
+    directory: &str,
+    ca_cert: &str,
+) -> (Gateway, SocketAddr) {
+    let tls_port = free_port();
+    let mut opts = Options::new(upstream);
+    opts.port = port;
+    opts.extra = acme_tables(tls_port, directory, ca_cert);
+    let gw =
+        Gateway::start_with_keys(opts, db, tempfile::tempdir().unwrap(), keys.to_path_buf()).await;
+    (gw, SocketAddr::from(([127, 0, 0, 1], tls_port)))
+}
+
+/// The leaf certificate (DER) a TLS listener serves for `NAME`, if a client trusting only
+/// `root_pem` accepts it, together with the status of `GET /public/x`.
+async fn served_by_ca(tls: SocketAddr, root_pem: &str) -> Option<(Vec<u8>, u16)> {
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).ok()?)
+        .resolve(NAME, tls)
+        .tls_info(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let r = client
+        .get(format!("https://{NAME}:{}/public/x", tls.port()))
+        .send()
+        .await
+        .ok()?;
+    let der = r
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()?
+        .peer_certificate()?
+        .to_vec();
+    Some((der, r.status().as_u16()))
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_real_acme_ca_is_shared_by_every_instance_and_renewed() {
+    let echo = Echo::start().await;
+    let db = fresh_db().await;
+    let keys = tempfile::tempdir().unwrap();
+    // Instance B: its own CA is down, so it can never order; the CA validates against B.
+    let b_port = free_port();
+    let pebble = Pebble::start(b_port).await;
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let (b, b_tls) = start_gateway(
+        echo.addr,
+        db.clone(),
+        keys.path(),
+        Some(b_port),
+        &dead,
+        &pebble.https_ca_path,
+    )
+    .await;
+    let root = pebble.issuing_root().await;
+    // Before any issue: B serves the self-signed placeholder (not trusted by the CA's root)
+    // and keeps serving plain HTTP.
+    assert!(served_by_ca(b_tls, &root).await.is_none());
+    assert_eq!(b.get("/public/x", None).await.status(), 200);
+
+    // Instance A orders from pebble; pebble fetches the challenge from B, which answers it
+    // from the database.
+    let (a, a_tls) = start_gateway(
+        echo.addr,
+        db.clone(),
+        keys.path(),
+        None,
+        &pebble.directory,
+        &pebble.https_ca_path,
+    )
+    .await;
+    let issued = eventually(Duration::from_secs(60), || async {
+        served_by_ca(a_tls, &root).await.is_some()
+    })
+    .await;
+    assert!(
+        issued.is_some(),
+        "A never served an issued certificate; log:\n{}",
+        a.log()
+    );
+    let (a_cert, status) = served_by_ca(a_tls, &root).await.unwrap();
+    assert_eq!(
+        status, 200,
+        "HTTPS through the issued certificate reaches the upstream"
+    );
+
+    // B picks the same certificate up from the database.
+    let shared = eventually(Duration::from_secs(20), || async {
+        served_by_ca(b_tls, &root).await.map(|(der, _)| der) == Some(a_cert.clone())
+    })
+    .await;
+    assert!(
+        shared.is_some(),
+        "B never served A's certificate; log:\n{}",
+        b.log()
+    );
+    assert!(
+        b.log().contains("ACME certificate check failed"),
+        "B's unreachable CA is logged"
+    );
+
+    // Renewal: the stored certificate is due; A orders a new one, and both serve it.
+    let admin = connect(&db).await;
+    admin
+        .execute(
+            "UPDATE acme_certificates SET not_after = now() + interval '1 day'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let renewed = eventually(Duration::from_secs(60), || async {
+        served_by_ca(a_tls, &root)
+            .await
+            .is_some_and(|(der, _)| der != a_cert)
+    })
+    .await;
+    assert!(renewed.is_some(), "no renewal; log:\n{}", a.log());
+    let (new_cert, _) = served_by_ca(a_tls, &root).await.unwrap();
+    let both = eventually(Duration::from_secs(20), || async {
+        served_by_ca(b_tls, &root).await.map(|(der, _)| der) == Some(new_cert.clone())
+    })
+    .await;
+    assert!(both.is_some(), "B never served the renewed certificate");
+    let stored: i64 = admin
+        .query_one("SELECT count(*) FROM acme_certificates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1, "one certificate for the set of names");
+}
+
+#[tokio::test]
+async fn an_unknown_challenge_token_is_404_and_never_forwarded() {
+    let echo = Echo::start().await;
+    let db = fresh_db().await;
+    let keys = tempfile::tempdir().unwrap();
+    let dead = format!("https://127.0.0.1:{}/dir", free_port());
+    let (gw, _) = start_gateway(echo.addr, db, keys.path(), None, &dead, "").await;
+    let r = gw
+        .get("/.well-known/acme-challenge/no-such-token", None)
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(echo.count(), 0);
+}

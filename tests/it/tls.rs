@@ -1,0 +1,837 @@
+//! TLS termination (API.md §7): certificates chosen by SNI, HTTP/2 by ALPN under the same
+//! rules as HTTP/1.1, a TLS 1.3 minimum, the https redirect, HSTS, certificate checks in
+//! `check-config`, and certificate reload without closing open connections. Certificates are
+//! made per test with rcgen: a test CA and leaf certificates it signs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, date_time_ymd};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A test CA that signs leaf certificates.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, as PEM, plus the DER the server presents.
+#[derive(Clone)]
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "portcullis test CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    fn leaf_with(&self, names: &[&str], expired: bool) -> Leaf {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if expired {
+            params.not_before = date_time_ymd(2001, 1, 1);
+            params.not_after = date_time_ymd(2002, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().to_vec(),
+        }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, false)
+    }
+}
+
+/// Writes `leaf` as `certs/<name>.pem` and `certs/<name>.key` under `dir`.
+fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(certs.join(format!("{name}.key")), &leaf.key_pem).unwrap();
+    std::fs::write(certs.join(format!("{name}.pem")), &leaf.cert_pem).unwrap();
+}
+
+/// `[server.tls]` naming `certs/<name>.pem|key` for each name, plus `more` keys.
+fn tls_table(tls_port: u16, names: &[&str], more: &str) -> String {
+    let certs: Vec<String> = names
+        .iter()
+        .map(|n| format!("{{ cert = \"certs/{n}.pem\", key = \"certs/{n}.key\" }}"))
+        .collect();
+    format!(
+        "\n[server.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncerts = [{}]\n{more}\n",
+        certs.join(", ")
+    )
+}
+
+/// A gateway whose TLS listener serves `leaves` (the first is the default).
+struct TlsGateway {
+    gw: Gateway,
+    tls_port: u16,
+    ca_pem: String,
+}
+
+impl TlsGateway {
+    async fn start(echo: &Echo, pki: &Pki, leaves: &[(&str, &Leaf)], more: &str) -> TlsGateway {
+        let mut opts = Options::new(echo.addr);
+        Self::start_with(&mut opts, pki, leaves, more).await
+    }
+
+    async fn start_with(
+        opts: &mut Options,
+        pki: &Pki,
+        leaves: &[(&str, &Leaf)],
+        more: &str,
+    ) -> TlsGateway {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, leaf) in leaves {
+            write_leaf(dir.path(), name, leaf);
+        }
+        let tls_port = free_port();
+        let names: Vec<&str> = leaves.iter().map(|(n, _)| *n).collect();
+        opts.extra.push_str(&tls_table(tls_port, &names, more));
+        let keys = dir.path().join("keys");
+        let opts = std::mem::replace(opts, Options::new(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let gw = Gateway::start_with_keys(opts, fresh_db().await, dir, keys).await;
+        TlsGateway {
+            gw,
+            tls_port,
+            ca_pem: pki.ca_pem(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.tls_port))
+    }
+
+    /// A client trusting the test CA; `a.test`, `b.test` and `unknown.test` resolve to the TLS
+    /// listener.
+    fn client_builder(&self) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap())
+            .resolve("a.test", self.addr())
+            .resolve("b.test", self.addr())
+            .resolve("x.wild.test", self.addr())
+            .resolve("unknown.test", self.addr())
+            .tls_info(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+    }
+
+    fn client(&self) -> reqwest::Client {
+        self.client_builder().build().unwrap()
+    }
+
+    /// A client that checks nothing about the certificate, to see which one is served.
+    fn any_cert_client(&self) -> reqwest::Client {
+        self.client_builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.tls_port)
+    }
+
+    /// The certificate a fresh connection to `host` is served.
+    async fn served_cert(&self, host: &str) -> Vec<u8> {
+        let r = self
+            .any_cert_client()
+            .get(self.url(host, "/public/cert"))
+            .send()
+            .await
+            .unwrap();
+        peer_cert(&r)
+    }
+}
+
+fn peer_cert(r: &reqwest::Response) -> Vec<u8> {
+    r.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .expect("TLS info with the peer certificate")
+        .to_vec()
+}
+
+fn header(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// Registers and logs in over `client` at `base`; returns the TokenPair.
+async fn user_over(client: &reqwest::Client, base: &str, email: &str) -> Value {
+    let creds = json!({"email": email, "password": "password-123"});
+    let r = client
+        .post(format!("{base}/auth/register"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .post(format!("{base}/auth/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+fn access(pair: &Value) -> &str {
+    pair["access_token"].as_str().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serving
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_https_request_to_a_protected_route_reaches_the_upstream_with_the_callers_identity() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a)], "http2 = false").await;
+    let client = tgw.client();
+    let base = tgw.url("a.test", "");
+    let pair = user_over(&client, &base, "tls@example.com").await;
+
+    let r = client
+        .get(tgw.url("a.test", "/api/who?x=1"))
+        .bearer_auth(access(&pair))
+        .header("X-Auth-User-Id", "spoofed")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(peer_cert(&r), a.der);
+    let seen = echo.last();
+    assert_eq!(seen.path, "/api/who?x=1");
+    assert_eq!(
+        seen.header("x-auth-user-id"),
+        vec![pair["user"]["id"].as_str().unwrap()]
+    );
+    assert_eq!(seen.header("x-auth-role"), vec!["user"]);
+    assert!(seen.header("authorization").is_empty());
+
+    // The plain listener keeps serving plain HTTP beside it.
+    let r = tgw.gw.get("/api/who", Some(access(&pair))).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_whose_names_match_and_unknown_or_absent_sni_gets_the_first() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let b = pki.leaf(&["b.test", "other.test"]);
+    let wild = pki.leaf(&["*.wild.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a), ("b", &b), ("w", &wild)], "").await;
+
+    assert_eq!(tgw.served_cert("a.test").await, a.der);
+    assert_eq!(tgw.served_cert("b.test").await, b.der);
+    assert_eq!(tgw.served_cert("x.wild.test").await, wild.der);
+    assert_eq!(tgw.served_cert("unknown.test").await, a.der, "unknown SNI");
+    // An IP address sends no SNI at all.
+    assert_eq!(tgw.served_cert("127.0.0.1").await, a.der, "absent SNI");
+
+    // And a verifying client accepts each name with the certificate it gets.
+    let client = tgw.client();
+    for host in ["a.test", "b.test", "x.wild.test"] {
+        let r = client.get(tgw.url(host, "/public/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    assert!(
+        client
+            .get(tgw.url("unknown.test", "/public/x"))
+            .send()
+            .await
+            .is_err(),
+        "the default certificate does not name unknown.test"
+    );
+}
+
+#[tokio::test]
+async fn http2_is_negotiated_and_follows_the_same_rules_as_http1() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(echo.addr);
+    opts.extra.push_str(
+        "\n[[route]]\nprefix = \"/hosted/\"\nupstream = \"api\"\nauth = \"none\"\nhost = \"a.test\"\n",
+    );
+    let tgw = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "http2 = true").await;
+    let client = tgw.client();
+    let base = tgw.url("a.test", "");
+    let pair = user_over(&client, &base, "h2@example.com").await;
+    let token = access(&pair);
+
+    // No token: 401, never forwarded.
+    let before = echo.count();
+    let r = client
+        .get(tgw.url("a.test", "/api/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"portcullis\"")
+    );
+    // Wrong role: 403.
+    let r = client
+        .get(tgw.url("a.test", "/api/admin/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 403);
+    // Path rules (§4.4) as over HTTP/1.1: prefixes ignore case, ';' parameters are refused.
+    let r = client
+        .get(tgw.url("a.test", "/API/Admin/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client
+        .get(tgw.url("a.test", "/api/admin;/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .get(tgw.url("a.test", "/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // HEAD of a gateway-written answer: the status and length, no body (HTTP/2 would reset).
+    let r = client
+        .head(tgw.url("a.test", "/nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.text().await.unwrap(), "");
+    assert_eq!(
+        echo.count(),
+        before,
+        "a refused request reached the upstream"
+    );
+    let r = client
+        .head(tgw.url("a.test", "/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Signed in: forwarded with our identity, spoofed identity headers stripped.
+    let r = client
+        .get(tgw.url("a.test", "/api/who"))
+        .bearer_auth(token)
+        .header("x-auth-user-id", "spoofed")
+        .header("x_auth_user_id", "spoofed-underscore")
+        .header("x-auth-role", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let seen = echo.last();
+    assert_eq!(seen.path, "/api/who");
+    assert_eq!(
+        seen.header("x-auth-user-id"),
+        vec![pair["user"]["id"].as_str().unwrap()]
+    );
+    assert_eq!(seen.header("x-auth-role"), vec!["user"]);
+    assert!(
+        seen.header("x_auth_user_id").is_empty(),
+        "underscore spoof reached the upstream: {seen:?}"
+    );
+
+    // A route bound to a host matches the HTTP/2 :authority.
+    let r = client
+        .get(tgw.url("a.test", "/hosted/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo.last().path, "/hosted/x");
+    assert_eq!(
+        echo.last().header("host"),
+        vec![format!("a.test:{}", tgw.tls_port)]
+    );
+}
+
+#[tokio::test]
+async fn http2_off_offers_only_http1_by_alpn() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a)], "http2 = false").await;
+    let r = tgw
+        .client()
+        .get(tgw.url("a.test", "/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn min_version_1_3_refuses_a_tls_1_2_client_and_1_2_accepts_it() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let strict = TlsGateway::start(&echo, &pki, &[("a", &a)], "min_version = \"1.3\"").await;
+    let tls12 = strict
+        .client_builder()
+        .max_tls_version(reqwest::tls::Version::TLS_1_2)
+        .build()
+        .unwrap();
+    let refused = tls12.get(strict.url("a.test", "/public/x")).send().await;
+    assert!(
+        refused.is_err(),
+        "a TLS 1.2 client got through: {refused:?}"
+    );
+    let r = strict
+        .client()
+        .get(strict.url("a.test", "/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a TLS 1.3 client is served");
+
+    let lenient = TlsGateway::start(&echo, &pki, &[("a", &a)], "").await;
+    let tls12 = lenient
+        .client_builder()
+        .max_tls_version(reqwest::tls::Version::TLS_1_2)
+        .build()
+        .unwrap();
+    let r = tls12
+        .get(lenient.url("a.test", "/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "min_version 1.2 serves TLS 1.2");
+}
+
+#[tokio::test]
+async fn plain_http_sent_to_the_tls_port_is_refused_and_the_gateway_keeps_serving() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a)], "").await;
+    let before = echo.count();
+    for _ in 0..3 {
+        let raw = tokio::time::timeout(
+            Duration::from_secs(5),
+            raw_request(
+                tgw.tls_port,
+                b"GET /public/x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+            ),
+        )
+        .await
+        .expect("the TLS port closes a plain-HTTP connection instead of hanging");
+        assert!(raw.starts_with("HTTP/1.1 400 "), "{raw:?}");
+        assert!(raw.contains("This port speaks HTTPS"), "{raw:?}");
+        assert!(
+            raw.to_ascii_lowercase().contains("connection: close"),
+            "{raw:?}"
+        );
+    }
+    assert_eq!(echo.count(), before);
+    let r = tgw
+        .client()
+        .get(tgw.url("a.test", "/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(tgw.gw.get("/public/x", None).await.status(), 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redirect and HSTS
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn redirect_http_answers_308_to_the_https_url_except_for_acme_challenges() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a)], "redirect_http = true").await;
+    let before = echo.count();
+
+    let r = tgw
+        .gw
+        .http
+        .get(tgw.gw.url("/api/x/y?a=1&b=%20"))
+        .header("Host", format!("Api.Example.com:{}", tgw.gw.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        header(&r, "location").unwrap(),
+        format!("https://api.example.com:{}/api/x/y?a=1&b=%20", tgw.tls_port)
+    );
+    assert!(header(&r, "strict-transport-security").is_none());
+    // POST too (308 keeps the method), and a public route as well: nothing is served in clear.
+    let r = tgw
+        .gw
+        .http
+        .post(tgw.gw.url("/public/form"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        header(&r, "location").unwrap(),
+        format!("https://127.0.0.1:{}/public/form", tgw.tls_port)
+    );
+    // /auth too.
+    let r = tgw.gw.post("/auth/login", json!({})).await;
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        echo.count(),
+        before,
+        "a redirected request reached the upstream"
+    );
+
+    // ACME HTTP-01 challenges continue as usual (no route here: 404, not 308).
+    let r = tgw.gw.get("/.well-known/acme-challenge/x", None).await;
+    assert_eq!(r.status(), 404);
+    // ...but a path that only looks like one after normalization is still redirected.
+    let r = tgw
+        .gw
+        .get("/.well-known/acme-challenge/../../api/x", None)
+        .await;
+    assert_eq!(r.status(), 308);
+
+    // The TLS listener serves as usual.
+    let r = tgw
+        .client()
+        .get(tgw.url("a.test", "/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn hsts_is_sent_on_every_tls_response_and_never_on_plain_http() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &a)], "hsts_max_age_secs = 31536000").await;
+    let client = tgw.client();
+    let hsts = Some("max-age=31536000".to_string());
+    for (path, status) in [
+        ("/public/x", 200),
+        ("/api/x", 401),
+        ("/nowhere", 404),
+        ("/auth/jwks.json", 200),
+        ("/auth/me", 401),
+        ("/.well-known/jwks.json", 200),
+    ] {
+        let r = client.get(tgw.url("a.test", path)).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(
+            header(&r, "strict-transport-security"),
+            hsts,
+            "{path} over h2"
+        );
+    }
+    // HTTP/1.1 over TLS too, including /auth answers and upstream failures.
+    let h1 = tgw.client_builder().http1_only().build().unwrap();
+    let r = h1
+        .post(tgw.url("a.test", "/auth/login"))
+        .json(&json!({"email": "nobody@example.com", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 401);
+    assert_eq!(header(&r, "strict-transport-security"), hsts);
+    let r = h1
+        .get(tgw.url("a.test", "/public/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(header(&r, "strict-transport-security"), hsts);
+
+    // Never on plain HTTP.
+    for path in [
+        "/public/x",
+        "/api/x",
+        "/nowhere",
+        "/auth/jwks.json",
+        "/auth/me",
+    ] {
+        let r = tgw.gw.get(path, None).await;
+        assert!(
+            header(&r, "strict-transport-security").is_none(),
+            "HSTS on plain HTTP at {path}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// check-config
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `check-config` on a config whose TLS table names `certs/<name>.*` under a fresh dir
+/// holding `files`; returns (exit code, stderr).
+fn check_config(files: &[(&str, &str)], names: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    for (path, content) in files {
+        std::fs::write(dir.path().join(path), content).unwrap();
+    }
+    let mut opts = Options::new(SocketAddr::from(([127, 0, 0, 1], 9)));
+    opts.extra = tls_table(free_port(), names, "");
+    let config = config_text(
+        &opts,
+        free_port(),
+        free_port(),
+        "postgres://postgres@127.0.0.1:5432/unused",
+        &dir.path().join("keys"),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = run_cli(&path, &["check-config"], "", &[]);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_config_accepts_valid_certificates() {
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let (code, err) = check_config(
+        &[("certs/a.pem", &a.cert_pem), ("certs/a.key", &a.key_pem)],
+        &["a"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn check_config_names_the_key_that_does_not_match_its_certificate() {
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let b = pki.leaf(&["b.test"]);
+    let (code, err) = check_config(
+        &[("certs/a.pem", &a.cert_pem), ("certs/a.key", &b.key_pem)],
+        &["a"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[0].key"), "{err}");
+    assert!(err.contains("does not match"), "{err}");
+    assert!(err.contains("line "), "located in the file: {err}");
+}
+
+#[tokio::test]
+async fn check_config_names_an_expired_certificate() {
+    let pki = Pki::new();
+    let good = pki.leaf(&["a.test"]);
+    let old = pki.leaf_with(&["b.test"], true);
+    let (code, err) = check_config(
+        &[
+            ("certs/a.pem", &good.cert_pem),
+            ("certs/a.key", &good.key_pem),
+            ("certs/b.pem", &old.cert_pem),
+            ("certs/b.key", &old.key_pem),
+        ],
+        &["a", "b"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[1].cert"), "{err}");
+    assert!(err.contains("expired"), "{err}");
+    assert!(!err.contains("certs[0]"), "{err}");
+}
+
+#[tokio::test]
+async fn check_config_names_missing_and_non_pem_files() {
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let (code, err) = check_config(&[("certs/a.key", &a.key_pem)], &["a"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[0].cert"), "{err}");
+    assert!(err.contains("certs/a.pem cannot be read"), "{err}");
+
+    let (code, err) = check_config(&[("certs/a.pem", &a.cert_pem)], &["a"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[0].key"), "{err}");
+
+    let (code, err) = check_config(
+        &[
+            ("certs/a.pem", "not a certificate"),
+            ("certs/a.key", &a.key_pem),
+        ],
+        &["a"],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[0].cert"), "{err}");
+    assert!(err.contains("no PEM certificate"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_with_a_bad_certificate() {
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let b = pki.leaf(&["b.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_leaf(
+        dir.path(),
+        "a",
+        &Leaf {
+            key_pem: b.key_pem.clone(),
+            ..a.clone()
+        },
+    );
+    let mut opts = Options::new(SocketAddr::from(([127, 0, 0, 1], 9)));
+    opts.extra = tls_table(free_port(), &["a"], "");
+    let config = config_text(
+        &opts,
+        free_port(),
+        free_port(),
+        &fresh_db().await,
+        &dir.path().join("keys"),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = run_cli(&path, &["serve"], "", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("server.tls.certs[0].key"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn certificates_reload_on_sighup_and_file_change_without_closing_open_connections() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let first = pki.leaf(&["a.test"]);
+    let tgw = TlsGateway::start(&echo, &pki, &[("a", &first)], "").await;
+    let dir = tgw.gw.dir.path().to_path_buf();
+
+    // A connection opened before the reload (HTTP/2: every request shares it).
+    let open = tgw.client();
+    let r = open
+        .get(tgw.url("a.test", "/public/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(peer_cert(&r), first.der);
+
+    // 1. Replace the files and send SIGHUP: new connections get the new certificate.
+    let second = pki.leaf(&["a.test"]);
+    write_leaf(&dir, "a", &second);
+    tgw.gw.signal("HUP");
+    let switched = eventually(Duration::from_secs(5), || async {
+        tgw.served_cert("a.test").await == second.der
+    })
+    .await;
+    assert!(
+        switched.is_some(),
+        "new certificate not served; log:\n{}",
+        tgw.gw.log()
+    );
+    // ...while the connection opened before keeps working, still on the old certificate.
+    let r = open
+        .get(tgw.url("a.test", "/public/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(peer_cert(&r), first.der, "the open connection was replaced");
+    // A fresh verifying client accepts the new certificate.
+    let r = tgw
+        .client()
+        .get(tgw.url("a.test", "/public/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // 2. A bad replacement (key of another certificate, then garbage) keeps the old one.
+    let other = pki.leaf(&["a.test"]);
+    std::fs::write(dir.join("certs/a.key"), &other.key_pem).unwrap();
+    tgw.gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(tgw.served_cert("a.test").await, second.der);
+    std::fs::write(dir.join("certs/a.pem"), "garbage").unwrap();
+    tgw.gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(tgw.served_cert("a.test").await, second.der);
+    assert!(
+        tgw.gw.log().contains("certificate reload rejected"),
+        "{}",
+        tgw.gw.log()
+    );
+
+    // 3. A good file written in place is picked up without a signal.
+    let third = pki.leaf(&["a.test"]);
+    write_leaf(&dir, "a", &third);
+    let switched = eventually(Duration::from_secs(5), || async {
+        tgw.served_cert("a.test").await == third.der
+    })
+    .await;
+    assert!(
+        switched.is_some(),
+        "file change not picked up; log:\n{}",
+        tgw.gw.log()
+    );
+    let r = open
+        .get(tgw.url("a.test", "/public/4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(peer_cert(&r), first.der);
+}
