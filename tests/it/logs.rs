@@ -616,6 +616,46 @@ async fn the_admin_audit_endpoint_pages_filters_and_refuses_users() {
     assert!(rotated["detail"]["kid"].is_string());
     let ids: HashSet<i64> = ids.into_iter().collect();
     assert!(!ids.contains(&rotated["id"].as_i64().unwrap()));
+
+    // The operator verbs record their changes too, with no actor.
+    let out = gw.cli(
+        &[
+            "user",
+            "set-role",
+            "--email",
+            "carol@x.io",
+            "--role",
+            "admin",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.cli(&["sessions", "revoke", "--email", "carol@x.io"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.cli(
+        &["audit", "tail", "--email", "carol@x.io", "--limit", "2"],
+        "",
+    );
+    let tail: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(tail[0]["event"], "session_revoked");
+    assert_eq!(tail[1]["event"], "role_changed");
+    assert_eq!(tail[1]["detail"], json!({"from": "user", "to": "admin"}));
+    assert!(
+        tail.iter()
+            .all(|e| e["actor_id"].is_null() && e["user_id"] == uid.as_str())
+    );
 }
 
 #[tokio::test]
