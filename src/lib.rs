@@ -208,6 +208,13 @@ pub fn build_server(
     server.add_service(proxy::services::task("health checks", move || {
         proxy::upstream::run_health_checks(health_shared.clone())
     }));
+    let audit_shared = shared.clone();
+    server.add_service(proxy::services::task("audit retention", move || {
+        let shared = audit_shared.clone();
+        auth::audit::run_retention(shared.store.clone(), move || {
+            shared.live.load().config.audit.retention_days
+        })
+    }));
     let path: PathBuf = config_path.to_path_buf();
     server.add_service(proxy::services::task("config reload", move || {
         reload::Reloader::new(path.clone(), shared.clone(), tokens.clone())

@@ -71,10 +71,15 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Read the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
 }
 
-/// Whether the arguments name a verb of API.md §8 (`routes`, `sessions`, `user` other than
-/// `create`), whose usage errors exit 1; the v1 verbs keep clap's exit code 2.
+/// Whether the arguments name a verb of API.md §8 (`routes`, `sessions`, `audit`, `user`
+/// other than `create`), whose usage errors exit 1; the v1 verbs keep clap's exit code 2.
 fn v2_operator_verb(args: impl Iterator<Item = String>) -> bool {
     let mut words = Vec::new();
     let mut skip_value = false;
@@ -91,14 +96,13 @@ fn v2_operator_verb(args: impl Iterator<Item = String>) -> bool {
         }
     }
     match words.first().map(String::as_str) {
-        Some("routes" | "sessions") => true,
+        Some("routes" | "sessions" | "audit") => true,
         Some("user") => words.get(1).is_none_or(|verb| verb != "create"),
         _ => false,
     }
 }
 
 fn main() -> ExitCode {
-    portcullis::telemetry::init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if v2_operator_verb(std::env::args().skip(1)) && e.use_stderr() => {
@@ -116,6 +120,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Held to the end of main: dropping it flushes the log lines still queued.
+    let _log = portcullis::telemetry::init_logging(&config.log);
     if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
         // Certificate files are checked where they are used, not by every subcommand.
         let problems = portcullis::tls::check(&config, &cli.config);
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
         Command::Sessions { command } => cli::sessions::run(&config, command),
         Command::Routes { command } => cli::routes::run(&config, command),
         Command::Keys { command } => cli::keys::run(&config, command),
+        Command::Audit { command } => cli::audit::run(&config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

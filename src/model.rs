@@ -75,3 +75,125 @@ pub struct SessionInfo {
     /// Client IP seen at login.
     pub ip: Option<String>,
 }
+
+/// What an audit event records (API.md §8). The names are stable: they are stored, logged
+/// and accepted by the `event` filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    /// An account was created.
+    Register,
+    /// A password login succeeded.
+    LoginOk,
+    /// A password login failed (wrong password, unknown email, disabled account).
+    LoginFailed,
+    /// An account reached its failed-login limit.
+    Lockout,
+    /// A spent refresh token was replayed: its session was revoked.
+    RefreshReuseDetected,
+    /// A session ended by its refresh token.
+    Logout,
+    /// Every session of the caller ended.
+    LogoutAll,
+    /// A session (or all of a user's, by an admin) was revoked.
+    SessionRevoked,
+    /// A user changed their password.
+    PasswordChanged,
+    /// An admin changed a role.
+    RoleChanged,
+    /// An admin deactivated an account.
+    Deactivated,
+    /// An admin re-activated an account.
+    Activated,
+    /// A new signing key was generated.
+    KeyRotated,
+    /// An external identity signed in to (or created) an account.
+    OidcLinked,
+}
+
+impl AuditKind {
+    /// Every kind, for parsing and docs.
+    pub const ALL: [AuditKind; 14] = [
+        AuditKind::Register,
+        AuditKind::LoginOk,
+        AuditKind::LoginFailed,
+        AuditKind::Lockout,
+        AuditKind::RefreshReuseDetected,
+        AuditKind::Logout,
+        AuditKind::LogoutAll,
+        AuditKind::SessionRevoked,
+        AuditKind::PasswordChanged,
+        AuditKind::RoleChanged,
+        AuditKind::Deactivated,
+        AuditKind::Activated,
+        AuditKind::KeyRotated,
+        AuditKind::OidcLinked,
+    ];
+
+    /// The stored and logged name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::Register => "register",
+            AuditKind::LoginOk => "login_ok",
+            AuditKind::LoginFailed => "login_failed",
+            AuditKind::Lockout => "lockout",
+            AuditKind::RefreshReuseDetected => "refresh_reuse_detected",
+            AuditKind::Logout => "logout",
+            AuditKind::LogoutAll => "logout_all",
+            AuditKind::SessionRevoked => "session_revoked",
+            AuditKind::PasswordChanged => "password_changed",
+            AuditKind::RoleChanged => "role_changed",
+            AuditKind::Deactivated => "deactivated",
+            AuditKind::Activated => "activated",
+            AuditKind::KeyRotated => "key_rotated",
+            AuditKind::OidcLinked => "oidc_linked",
+        }
+    }
+
+    /// Parses a stored name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<AuditKind> {
+        AuditKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One audit event to record. `detail` must never hold a secret (password, hash, token).
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    /// What happened.
+    pub kind: AuditKind,
+    /// The account it happened to.
+    pub user_id: Option<Uuid>,
+    /// Who did it (the user themself, an admin; none for the CLI or anonymous callers).
+    pub actor_id: Option<Uuid>,
+    /// Client address.
+    pub client_ip: Option<std::net::IpAddr>,
+    /// Client User-Agent.
+    pub user_agent: Option<String>,
+    /// The request's `X-Request-Id`.
+    pub request_id: Option<String>,
+    /// Small non-secret facts (`{"role":{"from":"user","to":"admin"}}`).
+    pub detail: serde_json::Value,
+}
+
+/// One stored audit event, as the admin API and `audit tail` print it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// Monotonic id (the pagination key).
+    pub id: i64,
+    /// When it was recorded.
+    pub time: DateTime<Utc>,
+    /// Event name.
+    pub event: String,
+    /// The account it happened to.
+    pub user_id: Option<Uuid>,
+    /// Who did it.
+    pub actor_id: Option<Uuid>,
+    /// Client address.
+    pub client_ip: Option<String>,
+    /// Client User-Agent.
+    pub user_agent: Option<String>,
+    /// The request's id.
+    pub request_id: Option<String>,
+    /// Small non-secret facts.
+    pub detail: serde_json::Value,
+}

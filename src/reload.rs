@@ -189,5 +189,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.oidc != new.oidc {
         changed.push("oidc");
     }
+    // log.access_log, log.access_log_sample and [audit] are read live.
+    if old.log.format != new.log.format {
+        changed.push("log.format");
+    }
+    if old.log.level != new.log.level {
+        changed.push("log.level");
+    }
     changed
 }

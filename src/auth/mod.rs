@@ -1,6 +1,7 @@
 //! The use-cases behind `/auth`: plain Rust over the store and the token service, no HTTP.
 //! The proxy's `auth_api` adapts requests to these calls and their errors to responses.
 
+pub mod audit;
 pub mod email;
 pub mod limits;
 pub mod oidc;

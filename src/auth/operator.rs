@@ -4,15 +4,33 @@
 
 use uuid::Uuid;
 
-use super::{AuthError, email};
-use crate::model::{Role, SessionInfo, User};
+use serde_json::json;
+
+use super::{AuthError, ClientInfo, audit, email};
+use crate::model::{AuditKind, Role, SessionInfo, User};
 use crate::store::{AdminUpdate, AdminUpdateOutcome, Store};
 
-/// Applies an admin change to a user, refusing to leave no active admin. Shared with the
-/// admin API (`AuthService::admin_update_user`).
-pub async fn update_user(store: &Store, id: Uuid, update: AdminUpdate) -> Result<User, AuthError> {
-    match store.admin_update_user(id, update).await? {
-        AdminUpdateOutcome::Updated(user) => Ok(user),
+/// Applies an admin change to a user, refusing to leave no active admin, and records what
+/// changed in the same transaction. Shared with the admin API
+/// (`AuthService::admin_update_user`); the CLI has no `actor` and a default `client`.
+pub async fn update_user(
+    store: &Store,
+    id: Uuid,
+    update: AdminUpdate,
+    actor: Option<Uuid>,
+    client: &ClientInfo,
+) -> Result<User, AuthError> {
+    let events = |before: &User, after: &User| {
+        super::service::admin_changes(before, after)
+            .into_iter()
+            .map(|(kind, detail)| audit::event(kind, Some(id), actor, client, detail))
+            .collect()
+    };
+    match store.admin_update_user(id, update, events).await? {
+        AdminUpdateOutcome::Updated(user, events) => {
+            events.iter().for_each(audit::log);
+            Ok(user)
+        }
         AdminUpdateOutcome::NotFound => Err(AuthError::NotFound("no such user")),
         AdminUpdateOutcome::LastAdmin => Err(AuthError::Conflict(
             "this change would leave no active admin",
@@ -20,12 +38,22 @@ pub async fn update_user(store: &Store, id: Uuid, update: AdminUpdate) -> Result
     }
 }
 
-/// Revokes every session of a user (announced to every instance). Shared with the admin API.
-pub async fn revoke_all_sessions(store: &Store, id: Uuid) -> Result<(), AuthError> {
+/// Revokes every session of a user (announced to every instance) and records
+/// `session_revoked` in the same transaction. Shared with the admin API.
+pub async fn revoke_all_sessions(
+    store: &Store,
+    id: Uuid,
+    actor: Option<Uuid>,
+    client: &ClientInfo,
+) -> Result<(), AuthError> {
     if !store.user_exists(id).await? {
         return Err(AuthError::NotFound("no such user"));
     }
-    Ok(store.revoke_all_sessions(id).await?)
+    let detail = json!({"all": true});
+    let event = audit::event(AuditKind::SessionRevoked, Some(id), actor, client, detail);
+    store.revoke_all_sessions(id, &event).await?;
+    audit::log(&event);
+    Ok(())
 }
 
 /// The account with this email (matched as logins match it: NFKC, any case).
@@ -61,7 +89,7 @@ pub async fn set_role(store: &Store, raw_email: &str, role: Role) -> Result<User
         role: Some(role),
         is_active: None,
     };
-    update_user(store, user.id, update).await
+    update_user(store, user.id, update, None, &ClientInfo::default()).await
 }
 
 /// Activates or deactivates the user with this email (deactivation revokes their sessions).
@@ -71,7 +99,7 @@ pub async fn set_active(store: &Store, raw_email: &str, active: bool) -> Result<
         role: None,
         is_active: Some(active),
     };
-    update_user(store, user.id, update).await
+    update_user(store, user.id, update, None, &ClientInfo::default()).await
 }
 
 /// The live sessions of the user with this email, newest first.
@@ -88,13 +116,30 @@ pub async fn sessions(
 pub async fn revoke_user(store: &Store, raw_email: &str) -> Result<(User, usize), AuthError> {
     let user = user_by_email(store, raw_email).await?;
     let live = store.list_sessions(user.id).await?.len();
-    revoke_all_sessions(store, user.id).await?;
+    revoke_all_sessions(store, user.id, None, &ClientInfo::default()).await?;
     Ok((user, live))
 }
 
 /// Revokes one session by id, whoever owns it.
 pub async fn revoke_session(store: &Store, sid: Uuid) -> Result<(), AuthError> {
-    if store.revoke_session_by_id(sid).await? {
+    let client = ClientInfo::default();
+    let detail = json!({"session_id": sid});
+    let mut recorded = None;
+    let event = |user_id: Uuid| {
+        let e = audit::event(
+            AuditKind::SessionRevoked,
+            Some(user_id),
+            None,
+            &client,
+            detail,
+        );
+        recorded = Some(e.clone());
+        e
+    };
+    if store.revoke_session_by_id(sid, event).await? {
+        if let Some(e) = &recorded {
+            audit::log(e);
+        }
         Ok(())
     } else {
         Err(AuthError::NotFound("no live session has this id"))

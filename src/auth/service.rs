@@ -8,16 +8,20 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::audit;
 use super::limits::{IpLimiter, Kind, seconds_to_next_minute};
 use super::oidc::{OidcError, OidcService};
 use super::password::Hasher;
 use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
-use crate::model::{Role, SessionInfo, User};
-use crate::store::{AdminUpdate, NewSession, RefreshOutcome, Store, StoreError, Successor};
+use crate::model::{AuditKind, AuditRecord, Role, SessionInfo, User};
+use crate::store::{
+    AdminUpdate, AuditQuery, NewSession, RefreshOutcome, Store, StoreError, Successor,
+};
 use crate::tokens::{Claims, TokenService, now_secs};
 
 /// Who is calling, as far as the limits and the session list care.
@@ -27,6 +31,8 @@ pub struct ClientInfo {
     pub ip: Option<IpAddr>,
     /// User-Agent header.
     pub user_agent: Option<String>,
+    /// The request's `X-Request-Id`, for the audit trail.
+    pub request_id: Option<String>,
 }
 
 /// The body of a successful login or refresh (API.md `TokenPair`).
@@ -70,6 +76,30 @@ pub struct UserPage {
     pub users: Vec<User>,
     /// Opaque cursor for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// One page of the audit trail, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    /// Events, newest first.
+    pub events: Vec<AuditRecord>,
+    /// Opaque cursor for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The raw query parameters of `GET /auth/admin/audit`, validated by the use-case.
+#[derive(Debug, Clone, Default)]
+pub struct AuditParams<'a> {
+    /// A user id or an email.
+    pub user: Option<&'a str>,
+    /// An event name.
+    pub event: Option<&'a str>,
+    /// RFC 3339 time: only events at or after it.
+    pub since: Option<&'a str>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<&'a str>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<&'a str>,
 }
 
 /// The auth use-cases, shared by all proxy workers.
@@ -146,7 +176,12 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let user = self.oidc.redeem(login_code).await?;
-        self.open_session(user, client).await
+        let user_id = user.id;
+        let pair = self.open_session(user, client).await?;
+        let me = Some(user_id);
+        self.audit(AuditKind::OidcLinked, me, me, client, json!({}))
+            .await;
+        Ok(pair)
     }
 
     /// The token service (JWKS, verification of Bearer callers).
@@ -176,7 +211,31 @@ impl AuthService {
             client,
             self.limits.register_per_minute_per_ip,
         )?;
-        self.create_user(raw_email, password, Role::User).await
+        let user = self.create_user(raw_email, password, Role::User).await?;
+        self.audit(
+            AuditKind::Register,
+            Some(user.id),
+            Some(user.id),
+            client,
+            json!({}),
+        )
+        .await;
+        Ok(user)
+    }
+
+    async fn audit(
+        &self,
+        kind: AuditKind,
+        user_id: Option<Uuid>,
+        actor_id: Option<Uuid>,
+        client: &ClientInfo,
+        detail: serde_json::Value,
+    ) {
+        audit::record(
+            &self.store,
+            audit::event(kind, user_id, actor_id, client, detail),
+        )
+        .await;
     }
 
     /// Creates an account with any role.
@@ -209,7 +268,12 @@ impl AuthService {
         self.limit_ip(Kind::Login, client, self.limits.login_per_minute_per_ip)?;
         let canonical = email::canonical(raw_email);
         let per_account = self.limits.login_per_minute_per_account;
-        if per_account > 0 && self.store.login_failures(&canonical).await? >= per_account as i32 {
+        let failures = if per_account > 0 {
+            self.store.login_failures(&canonical).await?
+        } else {
+            0
+        };
+        if per_account > 0 && failures >= per_account as i32 {
             return Err(AuthError::RateLimited(seconds_to_next_minute(now_secs())));
         }
         let stored = if password.len() > self.passwords.max_length {
@@ -219,11 +283,22 @@ impl AuthService {
         };
         let hash = stored.as_ref().and_then(|s| s.hashed_password.clone());
         let verified = self.hasher.verify(password.clone(), hash).await?;
+        let known = stored.as_ref().map(|s| s.user.id);
         let Some(stored) = stored.filter(|_| verified.ok) else {
             self.store.record_login_failure(&canonical).await?;
+            let reason = json!({"reason": "invalid_credentials"});
+            self.audit(AuditKind::LoginFailed, known, None, client, reason)
+                .await;
+            if per_account > 0 && failures + 1 == per_account as i32 {
+                self.audit(AuditKind::Lockout, known, None, client, json!({}))
+                    .await;
+            }
             return Err(AuthError::InvalidCredentials);
         };
         if !stored.user.is_active {
+            let reason = json!({"reason": "account_disabled"});
+            self.audit(AuditKind::LoginFailed, known, None, client, reason)
+                .await;
             return Err(AuthError::AccountDisabled);
         }
         if verified.needs_rehash {
@@ -236,7 +311,17 @@ impl AuthService {
                 Err(e) => tracing::warn!(error = %e, "re-hash failed; keeping the old hash"),
             }
         }
-        self.open_session(stored.user, client).await
+        let user_id = stored.user.id;
+        let pair = self.open_session(stored.user, client).await?;
+        self.audit(
+            AuditKind::LoginOk,
+            Some(user_id),
+            Some(user_id),
+            client,
+            json!({}),
+        )
+        .await;
+        Ok(pair)
     }
 
     /// Opens a new session (token family) for an authenticated user.
@@ -284,13 +369,22 @@ impl AuthService {
     }
 
     /// Rotates a refresh token (API.md §4.3); reuse detection stays visible for metrics.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshResult, AuthError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client: &ClientInfo,
+    ) -> Result<RefreshResult, AuthError> {
         let outcome = self
             .store
             .refresh(
                 &refresh_token_hash(refresh_token),
                 self.grace_secs,
                 |secret| successor_of(secret, refresh_token),
+                |user_id, sid| {
+                    let detail = json!({"session_id": sid});
+                    let kind = AuditKind::RefreshReuseDetected;
+                    audit::event(kind, Some(user_id), None, client, detail)
+                },
             )
             .await?;
         Ok(match outcome {
@@ -303,21 +397,37 @@ impl AuthService {
                 self.pair(user, session_id, successor, expires_at)?,
             )),
             RefreshOutcome::Invalid => RefreshResult::Invalid,
-            RefreshOutcome::Reused => RefreshResult::ReuseDetected,
+            RefreshOutcome::Reused(event) => {
+                audit::log(&event);
+                RefreshResult::ReuseDetected
+            }
         })
     }
 
     /// Revokes the session of a refresh token; unknown tokens are fine (no oracle).
-    pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
-        Ok(self
+    pub async fn logout(&self, refresh_token: &str, client: &ClientInfo) -> Result<(), AuthError> {
+        let event = |user_id: Uuid, sid: Uuid| {
+            let detail = json!({"session_id": sid});
+            let user = Some(user_id);
+            audit::event(AuditKind::Logout, user, user, client, detail)
+        };
+        let recorded = self
             .store
-            .revoke_session_of_token(&refresh_token_hash(refresh_token))
-            .await?)
+            .revoke_session_of_token(&refresh_token_hash(refresh_token), event)
+            .await?;
+        if let Some(event) = recorded {
+            audit::log(&event);
+        }
+        Ok(())
     }
 
     /// Revokes every session of the caller.
-    pub async fn logout_all(&self, caller: &Claims) -> Result<(), AuthError> {
-        Ok(self.store.revoke_all_sessions(caller.sub).await?)
+    pub async fn logout_all(&self, caller: &Claims, client: &ClientInfo) -> Result<(), AuthError> {
+        let me = Some(caller.sub);
+        let event = audit::event(AuditKind::LogoutAll, me, me, client, json!({}));
+        self.store.revoke_all_sessions(caller.sub, &event).await?;
+        audit::log(&event);
+        Ok(())
     }
 
     /// The caller's account.
@@ -348,8 +458,21 @@ impl AuthService {
     }
 
     /// Revokes one of the caller's sessions.
-    pub async fn delete_session(&self, caller: &Claims, sid: Uuid) -> Result<(), AuthError> {
-        if self.store.revoke_user_session(caller.sub, sid).await? {
+    pub async fn delete_session(
+        &self,
+        caller: &Claims,
+        sid: Uuid,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let me = Some(caller.sub);
+        let detail = json!({"session_id": sid});
+        let event = audit::event(AuditKind::SessionRevoked, me, me, client, detail);
+        if self
+            .store
+            .revoke_user_session(caller.sub, sid, &event)
+            .await?
+        {
+            audit::log(&event);
             Ok(())
         } else {
             Err(AuthError::NotFound("no such session"))
@@ -362,6 +485,7 @@ impl AuthService {
         caller: &Claims,
         current: String,
         new: String,
+        client: &ClientInfo,
     ) -> Result<(), AuthError> {
         check_password_bounds(&self.passwords, &new, "new_password")?;
         let stored = self
@@ -379,10 +503,13 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
         let hash = self.hasher.hash(new).await?;
-        Ok(self
-            .store
-            .change_password(caller.sub, &hash, caller.sid)
-            .await?)
+        let me = Some(caller.sub);
+        let event = audit::event(AuditKind::PasswordChanged, me, me, client, json!({}));
+        self.store
+            .change_password(caller.sub, &hash, caller.sid, &event)
+            .await?;
+        audit::log(&event);
+        Ok(())
     }
 
     fn require_admin(caller: &Claims) -> Result<(), AuthError> {
@@ -428,15 +555,191 @@ impl AuthService {
         caller: &Claims,
         id: Uuid,
         update: AdminUpdate,
+        client: &ClientInfo,
     ) -> Result<User, AuthError> {
         Self::require_admin(caller)?;
-        super::operator::update_user(&self.store, id, update).await
+        super::operator::update_user(&self.store, id, update, Some(caller.sub), client).await
     }
 
     /// Revokes every session of a user.
-    pub async fn admin_revoke_sessions(&self, caller: &Claims, id: Uuid) -> Result<(), AuthError> {
+    pub async fn admin_revoke_sessions(
+        &self,
+        caller: &Claims,
+        id: Uuid,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
         Self::require_admin(caller)?;
-        super::operator::revoke_all_sessions(&self.store, id).await
+        super::operator::revoke_all_sessions(&self.store, id, Some(caller.sub), client).await
+    }
+
+    /// One page of the audit trail (admins only), newest first.
+    pub async fn admin_audit(
+        &self,
+        caller: &Claims,
+        params: &AuditParams<'_>,
+    ) -> Result<AuditPage, AuthError> {
+        Self::require_admin(caller)?;
+        let (query, limit) = audit_query(params)?;
+        let mut events = self.store.list_audit(&query).await?;
+        let next_cursor = if events.len() as i64 > limit {
+            events.truncate(limit as usize);
+            events.last().map(|e| B64.encode(e.id.to_string()))
+        } else {
+            None
+        };
+        Ok(AuditPage {
+            events,
+            next_cursor,
+        })
+    }
+}
+
+/// The audit events an admin update produced.
+pub(super) fn admin_changes(before: &User, after: &User) -> Vec<(AuditKind, serde_json::Value)> {
+    let mut out = Vec::new();
+    if before.role != after.role {
+        out.push((
+            AuditKind::RoleChanged,
+            json!({"from": before.role.as_str(), "to": after.role.as_str()}),
+        ));
+    }
+    if before.is_active != after.is_active {
+        let kind = if after.is_active {
+            AuditKind::Activated
+        } else {
+            AuditKind::Deactivated
+        };
+        out.push((kind, json!({})));
+    }
+    out
+}
+
+/// Validates the audit page parameters: 400 for anything malformed. Returns the query (asking
+/// for one row more than the page, to know whether another page follows) and the page size.
+pub fn audit_query(p: &AuditParams<'_>) -> Result<(AuditQuery, i64), AuthError> {
+    let bad = |m: &str| AuthError::InvalidRequest(m.to_string());
+    let limit = match p.limit {
+        None => 50,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| bad("limit must be an integer from 1 to 200"))?,
+    };
+    let mut query = AuditQuery {
+        limit: limit + 1,
+        ..AuditQuery::default()
+    };
+    if let Some(user) = p.user {
+        match Uuid::parse_str(user) {
+            Ok(id) => query.user_id = Some(id),
+            Err(_) if user.contains('@') => query.email_canonical = Some(email::canonical(user)),
+            Err(_) => return Err(bad("user must be a user id or an email")),
+        }
+    }
+    if let Some(event) = p.event {
+        let kind =
+            AuditKind::parse(event).ok_or_else(|| bad("event is not an audit event name"))?;
+        query.event = Some(kind.as_str().to_string());
+    }
+    if let Some(since) = p.since {
+        let at = DateTime::parse_from_rfc3339(since)
+            .map_err(|_| bad("since must be an RFC 3339 time"))?;
+        query.since = Some(at.with_timezone(&Utc));
+    }
+    if let Some(cursor) = p.cursor {
+        let id = B64
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| bad("cursor is not valid"))?;
+        query.before_id = Some(id);
+    }
+    Ok((query, limit))
+}
+
+#[cfg(test)]
+mod audit_tests {
+    use super::*;
+
+    #[test]
+    fn audit_parameters_are_validated() {
+        let ok = |p: AuditParams<'_>| audit_query(&p);
+        let (q, limit) = ok(AuditParams::default()).unwrap();
+        assert_eq!((limit, q.limit), (50, 51));
+        let (q, _) = ok(AuditParams {
+            user: Some("A@Example.com"),
+            event: Some("login_ok"),
+            since: Some("2026-01-01T00:00:00Z"),
+            cursor: Some(&B64.encode("42")),
+            limit: Some("5"),
+        })
+        .unwrap();
+        assert_eq!(q.email_canonical.as_deref(), Some("a@example.com"));
+        assert_eq!(q.event.as_deref(), Some("login_ok"));
+        assert_eq!(q.before_id, Some(42));
+        assert_eq!(q.limit, 6);
+        for bad in [
+            AuditParams {
+                limit: Some("0"),
+                ..Default::default()
+            },
+            AuditParams {
+                limit: Some("x"),
+                ..Default::default()
+            },
+            AuditParams {
+                event: Some("nope"),
+                ..Default::default()
+            },
+            AuditParams {
+                since: Some("yesterday"),
+                ..Default::default()
+            },
+            AuditParams {
+                cursor: Some("!!"),
+                ..Default::default()
+            },
+            AuditParams {
+                user: Some("bob"),
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                matches!(audit_query(&bad), Err(AuthError::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_changes_name_each_change() {
+        let user = User {
+            id: Uuid::nil(),
+            email: "a@b.c".into(),
+            role: Role::User,
+            is_active: true,
+            created_at: Utc::now(),
+        };
+        let mut after = user.clone();
+        after.role = Role::Admin;
+        after.is_active = false;
+        let kinds: Vec<AuditKind> = admin_changes(&user, &after)
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(kinds, vec![AuditKind::RoleChanged, AuditKind::Deactivated]);
+        assert!(admin_changes(&user, &user).is_empty());
+        let kinds: Vec<AuditKind> = admin_changes(&after, &{
+            let mut a = after.clone();
+            a.is_active = true;
+            a
+        })
+        .into_iter()
+        .map(|c| c.0)
+        .collect();
+        assert_eq!(kinds, vec![AuditKind::Activated]);
     }
 }
 

@@ -39,6 +39,7 @@ fn generate(config: &Config, algorithm: Option<Algorithm>) -> anyhow::Result<()>
             algorithm.as_str()
         );
     }
+    super::audit::key_rotated(config, &kid, algorithm.as_str());
     println!("a running gateway picks it up on SIGHUP");
     Ok(())
 }

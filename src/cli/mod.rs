@@ -2,6 +2,7 @@
 //! code the server runs (`access::` for routes, `auth::` use-cases for users and sessions);
 //! none holds SQL or a rule of its own.
 
+pub mod audit;
 pub mod keys;
 pub mod routes;
 pub mod serve;

@@ -45,5 +45,7 @@ pub fn serve(config: Config, path: &Path, upgrade: bool) -> anyhow::Result<()> {
     }
     let server = portcullis::build_server(config, path, portcullis::StartMode { upgrade })?;
     tracing::info!("portcullis starting");
-    server.run_forever()
+    // `run` (not `run_forever`, which exits the process) so main's log guard flushes.
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
 }

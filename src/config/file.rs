@@ -32,6 +32,10 @@ pub struct Config {
     /// External OpenID Connect providers.
     #[serde(rename = "oidc")]
     pub oidc: Vec<Oidc>,
+    /// Log format, level and access log.
+    pub log: Log,
+    /// Audit trail retention.
+    pub audit: Audit,
     /// Automatic certificates for the TLS listener.
     pub acme: Acme,
 }
@@ -493,4 +497,56 @@ pub struct Oidc {
 
 fn default_scopes() -> Vec<String> {
     vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+/// `log.format`: `text` for people at a terminal, `json` for log shippers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Line format.
+    pub format: LogFormat,
+    /// Default filter when `RUST_LOG` is unset (an `EnvFilter` directive).
+    pub level: String,
+    /// One line per proxied or /auth request.
+    pub access_log: bool,
+    /// Fraction of 2xx/3xx access lines kept (errors are always kept), to bound log volume.
+    pub access_log_sample: f64,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: LogFormat::Text,
+            level: "info".into(),
+            access_log: true,
+            access_log_sample: 1.0,
+        }
+    }
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Events older than this many days are deleted (hourly and at start).
+    pub retention_days: u32,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            retention_days: 365,
+        }
+    }
 }

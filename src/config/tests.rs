@@ -322,3 +322,40 @@ fn a_problem_found_outside_config_is_located_by_its_key() {
     assert_eq!(p.line, Some(expected));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn log_and_audit_keys_are_validated() {
+    let config = Config::parse(SHIPPED).unwrap();
+    assert_eq!(config.log, Log::default());
+    assert_eq!(config.audit.retention_days, 365);
+    let json = Config::parse(&shipped_with("format = \"text\"", "format = \"json\"")).unwrap();
+    assert_eq!(json.log.format, LogFormat::Json);
+    let ok = shipped_with(
+        "level = \"info\"",
+        "level = \"info,pingora_core=warn,portcullis::auth=debug\"",
+    );
+    assert!(Config::parse(&ok).is_ok());
+    for (from, to, key) in [
+        (
+            "access_log_sample = 1.0",
+            "access_log_sample = 1.5",
+            "log.access_log_sample",
+        ),
+        (
+            "access_log_sample = 1.0",
+            "access_log_sample = -0.1",
+            "log.access_log_sample",
+        ),
+        ("level = \"info\"", "level = \"info,x=loud\"", "log.level"),
+        ("level = \"info\"", "level = \"\"", "log.level"),
+        (
+            "retention_days = 365",
+            "retention_days = 0",
+            "audit.retention_days",
+        ),
+        ("format = \"text\"", "format = \"xml\"", "log.format"),
+    ] {
+        let found = problems(&shipped_with(from, to));
+        assert!(found.iter().any(|p| p.key == key), "{to}: {found:?}");
+    }
+}

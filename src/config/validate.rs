@@ -217,6 +217,8 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         );
     }
 
+    validate_log_and_audit(&mut r, config);
+
     let p = &config.passwords;
     r.at_least(
         "passwords",
@@ -504,6 +506,50 @@ fn same_port(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
 }
 
 /// `host:port` with a non-empty host and a numeric port.
+/// `[log]` and `[audit]`.
+fn validate_log_and_audit(r: &mut Report<'_>, config: &Config) {
+    let sample = config.log.access_log_sample;
+    if !(0.0..=1.0).contains(&sample) {
+        r.add(
+            &[Seg::Key("log"), Seg::Key("access_log_sample")],
+            "must be between 0.0 and 1.0",
+        );
+    }
+    if tracing_level_ok(&config.log.level).is_err() {
+        r.add(
+            &[Seg::Key("log"), Seg::Key("level")],
+            "must be a level (error, warn, info, debug, trace) or RUST_LOG-style directives",
+        );
+    }
+    r.at_least(
+        "audit",
+        "retention_days",
+        config.audit.retention_days.into(),
+        1,
+    );
+}
+
+/// Whether `level` looks like `RUST_LOG` directives (`info`, `portcullis=debug,warn`): each
+/// directive is a level, a target, or `target=level`. Kept free of tracing (config imports
+/// nothing of ours or of the logging stack).
+fn tracing_level_ok(level: &str) -> Result<(), ()> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let target_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-'))
+    };
+    let directive_ok = |d: &str| match d.trim().split_once('=') {
+        Some((t, l)) => target_ok(t) && LEVELS.contains(&l.to_ascii_lowercase().as_str()),
+        None => target_ok(d.trim()),
+    };
+    if level.split(',').all(directive_ok) {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
 fn valid_host_port(addr: &str) -> bool {
     if addr.parse::<std::net::SocketAddr>().is_ok() {
         return true;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::respond::{self, ApiError};
 use super::{Ctx, Shared};
 use crate::access::{Denial, bearer};
-use crate::auth::{AuthError, ClientInfo, RefreshResult};
+use crate::auth::{AuditParams, AuthError, ClientInfo, RefreshResult};
 use crate::model::{Role, User};
 use crate::store::AdminUpdate;
 use crate::tokens::Claims;
@@ -65,6 +65,7 @@ enum Endpoint {
     AdminUsers,
     AdminUser(Uuid),
     AdminUserSessions(Uuid),
+    AdminAudit,
     OidcLogin(String),
     OidcCallback(String),
     OidcExchange,
@@ -90,6 +91,7 @@ impl Endpoint {
             ["password"] => Endpoint::Password,
             ["jwks.json"] => Endpoint::Jwks,
             ["admin", "users"] => Endpoint::AdminUsers,
+            ["admin", "audit"] => Endpoint::AdminAudit,
             ["admin", "users", s] => Endpoint::AdminUser(id(s)?),
             ["admin", "users", s, "sessions"] => Endpoint::AdminUserSessions(id(s)?),
             ["oidc", "exchange"] => Endpoint::OidcExchange,
@@ -109,7 +111,9 @@ impl Endpoint {
             | Endpoint::Password
             | Endpoint::OidcExchange => "POST",
             Endpoint::OidcLogin(_) | Endpoint::OidcCallback(_) => "GET, HEAD",
-            Endpoint::Me | Endpoint::Sessions | Endpoint::AdminUsers => "GET, HEAD",
+            Endpoint::Me | Endpoint::Sessions | Endpoint::AdminUsers | Endpoint::AdminAudit => {
+                "GET, HEAD"
+            }
             Endpoint::Jwks => "GET, HEAD",
             Endpoint::Session(_) | Endpoint::AdminUserSessions(_) => "DELETE",
             Endpoint::AdminUser(_) => "PATCH",
@@ -123,6 +127,7 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path:
     match result {
         Ok(status) => status,
         Err(err) => {
+            ctx.deny_reason = Some(err.code);
             if err.status == 413 {
                 // The rest of the body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
@@ -158,12 +163,14 @@ async fn dispatch(
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(512).collect()),
+        request_id: Some(rid.clone()),
     };
     match endpoint {
         Endpoint::Jwks => Ok(respond::json(session, 200, &auth.tokens().jwks(), false, &rid).await),
         Endpoint::Register => {
             let body: Credentials = read_json(session).await?;
             let user = auth.register(&body.email, body.password, &client).await?;
+            ctx.user_id = Some(user.id);
             shared.metrics.auth_event("register");
             Ok(user_response(session, 201, &user, &rid).await)
         }
@@ -171,6 +178,7 @@ async fn dispatch(
             let body: Credentials = read_json(session).await?;
             match auth.login(&body.email, body.password, &client).await {
                 Ok(pair) => {
+                    ctx.user_id = Some(pair.user.id);
                     shared.metrics.auth_event("login_ok");
                     Ok(respond::json(session, 200, &pair, true, &rid).await)
                 }
@@ -187,7 +195,7 @@ async fn dispatch(
         }
         Endpoint::Refresh => {
             let body: RefreshBody = read_json(session).await?;
-            match auth.refresh(&body.refresh_token).await? {
+            match auth.refresh(&body.refresh_token, &client).await? {
                 RefreshResult::Ok(pair) => {
                     shared.metrics.auth_event("refresh");
                     Ok(respond::json(session, 200, &*pair, true, &rid).await)
@@ -201,23 +209,23 @@ async fn dispatch(
         }
         Endpoint::Logout => {
             let body: RefreshBody = read_json(session).await?;
-            auth.logout(&body.refresh_token).await?;
+            auth.logout(&body.refresh_token, &client).await?;
             shared.metrics.auth_event("logout");
             Ok(respond::empty(session, 204, &rid).await)
         }
         Endpoint::LogoutAll => {
-            let caller = caller(shared, session).await?;
-            auth.logout_all(&caller).await?;
+            let caller = caller(shared, session, ctx).await?;
+            auth.logout_all(&caller, &client).await?;
             shared.metrics.auth_event("logout");
             Ok(respond::empty(session, 204, &rid).await)
         }
         Endpoint::Me => {
-            let caller = caller(shared, session).await?;
+            let caller = caller(shared, session, ctx).await?;
             let user = auth.me(&caller).await?;
             Ok(user_response(session, 200, &user, &rid).await)
         }
         Endpoint::Sessions => {
-            let caller = caller(shared, session).await?;
+            let caller = caller(shared, session, ctx).await?;
             let sessions = auth.sessions(&caller).await?;
             Ok(respond::json(
                 session,
@@ -229,19 +237,19 @@ async fn dispatch(
             .await)
         }
         Endpoint::Session(sid) => {
-            let caller = caller(shared, session).await?;
-            auth.delete_session(&caller, sid).await?;
+            let caller = caller(shared, session, ctx).await?;
+            auth.delete_session(&caller, sid, &client).await?;
             Ok(respond::empty(session, 204, &rid).await)
         }
         Endpoint::Password => {
-            let caller = caller(shared, session).await?;
+            let caller = caller(shared, session, ctx).await?;
             let body: PasswordBody = read_json(session).await?;
-            auth.change_password(&caller, body.current_password, body.new_password)
+            auth.change_password(&caller, body.current_password, body.new_password, &client)
                 .await?;
             Ok(respond::empty(session, 204, &rid).await)
         }
         Endpoint::AdminUsers => {
-            let caller = caller(shared, session).await?;
+            let caller = caller(shared, session, ctx).await?;
             let query = query_pairs(session);
             let cursor = query.get("cursor").filter(|c| !c.is_empty());
             let page = auth
@@ -253,8 +261,22 @@ async fn dispatch(
                 .await?;
             Ok(respond::json(session, 200, &page, true, &rid).await)
         }
+        Endpoint::AdminAudit => {
+            let caller = caller(shared, session, ctx).await?;
+            let query = query_pairs(session);
+            let get = |k: &str| query.get(k).map(String::as_str).filter(|v| !v.is_empty());
+            let params = AuditParams {
+                user: get("user"),
+                event: get("event"),
+                since: get("since"),
+                cursor: get("cursor"),
+                limit: get("limit"),
+            };
+            let page = auth.admin_audit(&caller, &params).await?;
+            Ok(respond::json(session, 200, &page, true, &rid).await)
+        }
         Endpoint::AdminUser(id) => {
-            let caller = caller(shared, session).await?;
+            let caller = caller(shared, session, ctx).await?;
             if caller.role != Role::Admin {
                 return Err(AuthError::Forbidden("this endpoint is for admins").into());
             }
@@ -267,6 +289,7 @@ async fn dispatch(
                         role: body.role,
                         is_active: body.is_active,
                     },
+                    &client,
                 )
                 .await?;
             Ok(user_response(session, 200, &user, &rid).await)
@@ -295,8 +318,8 @@ async fn dispatch(
             Ok(respond::json(session, 200, &pair, true, &rid).await)
         }
         Endpoint::AdminUserSessions(id) => {
-            let caller = caller(shared, session).await?;
-            auth.admin_revoke_sessions(&caller, id).await?;
+            let caller = caller(shared, session, ctx).await?;
+            auth.admin_revoke_sessions(&caller, id, &client).await?;
             Ok(respond::empty(session, 204, &rid).await)
         }
     }
@@ -325,7 +348,11 @@ fn query_pairs(session: &Session) -> std::collections::HashMap<String, String> {
 }
 
 /// Authenticates the Bearer caller of an /auth endpoint (full verification + revocation).
-async fn caller(shared: &Shared, session: &Session) -> Result<std::sync::Arc<Claims>, ApiError> {
+async fn caller(
+    shared: &Shared,
+    session: &Session,
+    ctx: &mut Ctx,
+) -> Result<std::sync::Arc<Claims>, ApiError> {
     let headers = &session.req_header().headers;
     let token = bearer(
         headers
@@ -337,7 +364,10 @@ async fn caller(shared: &Shared, session: &Session) -> Result<std::sync::Arc<Cla
         return Err(Denial::MissingToken.into());
     };
     match shared.authorizer.authenticate(token).await {
-        Ok(auth) => Ok(auth.claims),
+        Ok(auth) => {
+            ctx.user_id = Some(auth.claims.sub);
+            Ok(auth.claims)
+        }
         Err(denial) => Err(denial.into()),
     }
 }

@@ -26,7 +26,7 @@ use crate::access::{self, Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuar
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, access as access_log};
 use crate::tokens::Claims;
 use respond::ApiError;
 use upstream::{UpstreamError, UpstreamPool, build_pools};
@@ -130,6 +130,12 @@ pub struct Ctx {
     websocket: bool,
     /// Registration of an open WebSocket tunnel, dropped with the request.
     tunnel: Option<TunnelGuard>,
+    /// For the access log: why the gateway refused (`missing_token`, `no_route`…).
+    pub deny_reason: Option<&'static str>,
+    /// For the access log: the user an /auth request acted for, when known.
+    pub user_id: Option<uuid::Uuid>,
+    /// For the access log: the upstream address tried.
+    upstream_addr: Option<std::net::SocketAddr>,
 }
 
 /// The `ProxyHttp` implementation.
@@ -248,6 +254,7 @@ impl Gateway {
                     return Decision::Reject(ApiError::not_found());
                 }
                 access::Decision::Deny { route, denial, .. } => {
+                    ctx.deny_reason = Some(denial.reason());
                     ctx.route = Some(route);
                     shared
                         .metrics
@@ -323,6 +330,9 @@ impl ProxyHttp for Gateway {
             status: 0,
             websocket: false,
             tunnel: None,
+            deny_reason: None,
+            user_id: None,
+            upstream_addr: None,
         }
     }
 
@@ -344,6 +354,7 @@ impl ProxyHttp for Gateway {
                 if matches!(err.status, 400 | 431) {
                     session.set_keepalive(None);
                 }
+                ctx.deny_reason.get_or_insert(err.code);
                 ctx.status = respond::error(session, &err, &ctx.request_id).await;
                 Ok(true)
             }
@@ -363,6 +374,7 @@ impl ProxyHttp for Gateway {
             session.set_read_timeout(Some(idle));
         }
         ctx.upstream_started = Some(Instant::now());
+        ctx.upstream_addr = peer._address.as_inet().copied();
         Ok(Box::new(peer))
     }
 
@@ -460,8 +472,21 @@ impl ProxyHttp for Gateway {
                 _ => Some(ApiError::new(500, "internal", "internal error")),
             },
         };
+        if let Some(kind) = network_failure(e) {
+            self.shared
+                .metrics
+                .connection_errors
+                .with_label_values(&[kind])
+                .inc();
+            if kind == "client_disconnect" {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away");
+            } else {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "upstream connection failed");
+            }
+        }
         let code = match err {
             Some(err) => {
+                ctx.deny_reason.get_or_insert(err.code);
                 if ctx.request_id.is_empty() {
                     ctx.request_id = uuid::Uuid::new_v4().to_string();
                 }
@@ -479,6 +504,11 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // Logged in fail_to_proxy at debug/info with a counter: not the gateway's fault.
+        network_failure(e).is_some()
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session
             .response_written()
@@ -493,21 +523,52 @@ impl ProxyHttp for Gateway {
             .requests
             .with_label_values(&[label, &status.to_string()])
             .inc();
-        if let (Some(start), Some(pool)) = (ctx.upstream_started, ctx.pool.as_ref()) {
+        let upstream_secs = ctx.upstream_started.map(|s| s.elapsed().as_secs_f64());
+        if let (Some(secs), Some(pool)) = (upstream_secs, ctx.pool.as_ref()) {
             metrics
                 .upstream_duration
                 .with_label_values(&[pool.name.as_str()])
-                .observe(start.elapsed().as_secs_f64());
+                .observe(secs);
         }
-        tracing::info!(
-            target: "access",
-            request_id = %ctx.request_id,
-            method = %session.req_header().method,
-            route = %label,
+        let live = self.shared.live.load();
+        let log = &live.config.log;
+        if !access_log::keep(log.access_log, log.access_log_sample, status) {
+            return;
+        }
+        let req = session.req_header();
+        let raw = req.uri.path();
+        let normalized = crate::access::normalize_with(raw, live.path_policy).ok();
+        access_log::write(&access_log::Record {
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip.or(ctx.peer_ip).or_else(|| {
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip())
+            }),
+            method: req.method.as_str(),
+            path: normalized.as_deref().unwrap_or(raw),
+            route: label,
             status,
-            user = ctx.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
-            ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+            bytes_in: session.body_bytes_read() as u64,
+            bytes_out: session.body_bytes_sent() as u64,
+            upstream: ctx.upstream_addr,
+            upstream_ms: upstream_secs.map(|s| s * 1000.0),
+            total_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            user_id: ctx.identity.as_ref().map(|c| c.sub).or(ctx.user_id),
+            deny_reason: ctx.deny_reason,
+        });
+    }
+}
+
+/// `client_disconnect` or `upstream_reset` when a proxy failure is the network's doing (the
+/// client left, or the upstream dropped the connection), not an error of the gateway.
+fn network_failure(e: &Error) -> Option<&'static str> {
+    use ErrorType::*;
+    let dropped = matches!(e.etype(), ReadError | WriteError | ConnectionClosed);
+    match e.esource() {
+        ErrorSource::Downstream if dropped => Some("client_disconnect"),
+        ErrorSource::Upstream if dropped => Some("upstream_reset"),
+        _ => None,
     }
 }

@@ -2,6 +2,7 @@
 //! tokens, and the LISTEN connection. No other module touches tokio-postgres or deadpool.
 
 mod acme;
+mod audit;
 mod listener;
 mod migrate;
 mod oidc;
@@ -15,6 +16,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 pub use acme::StoredCert;
+pub use audit::AuditQuery;
 pub use listener::{RevocationEvent, listen_for_revocations};
 pub use migrate::{ensure_database, migrate};
 pub use oidc::{OidcLink, OidcState};

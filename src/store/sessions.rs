@@ -7,7 +7,7 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::{RevocationEvent, Store, StoreError, notify};
-use crate::model::{Role, SessionInfo, SessionStatus, User};
+use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus, User};
 
 /// Everything needed to open a session at login.
 #[derive(Debug, Clone)]
@@ -51,8 +51,9 @@ pub enum RefreshOutcome {
     },
     /// Unknown, expired, revoked, or the owner is inactive.
     Invalid,
-    /// A spent token was replayed after the grace window: the session is now revoked.
-    Reused,
+    /// A spent token was replayed after the grace window: the session is now revoked, and
+    /// the audit event recorded with the revocation.
+    Reused(Box<AuditEvent>),
 }
 
 impl Store {
@@ -94,11 +95,13 @@ impl Store {
     /// Rotates the refresh token whose hash is `token_hash`. The token row is locked, so
     /// concurrent presentations are serialized: the first rotates, the others fall in the
     /// grace window and get the same successor (`derive` is deterministic per session).
+    /// A detected reuse is recorded as `on_reuse(user, session)` in the revoking transaction.
     pub async fn refresh(
         &self,
         token_hash: &[u8],
         grace_secs: u64,
         derive: impl Fn(&[u8]) -> Successor,
+        on_reuse: impl Fn(Uuid, Uuid) -> AuditEvent,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -171,16 +174,20 @@ impl Store {
                     None => return Ok(RefreshOutcome::Invalid),
                     Some(row) if !row.try_get::<_, bool>("live")? => {
                         revoke_session(&tx, sid).await?;
+                        let event = on_reuse(user.id, sid);
+                        super::audit::insert_in(&tx, &event).await?;
                         tx.commit().await?;
-                        return Ok(RefreshOutcome::Reused);
+                        return Ok(RefreshOutcome::Reused(Box::new(event)));
                     }
                     Some(_) => {}
                 }
             }
             Some(_) => {
                 revoke_session(&tx, sid).await?;
+                let event = on_reuse(user.id, sid);
+                super::audit::insert_in(&tx, &event).await?;
                 tx.commit().await?;
-                return Ok(RefreshOutcome::Reused);
+                return Ok(RefreshOutcome::Reused(Box::new(event)));
             }
         }
         tx.execute(
@@ -197,25 +204,41 @@ impl Store {
         })
     }
 
-    /// Revokes the session a refresh token belongs to (logout); unknown tokens are ignored.
-    pub async fn revoke_session_of_token(&self, token_hash: &[u8]) -> Result<(), StoreError> {
+    /// Revokes the session a refresh token belongs to (logout), recording
+    /// `audit(user, session)` in the same transaction; unknown tokens are ignored (`None`).
+    pub async fn revoke_session_of_token(
+        &self,
+        token_hash: &[u8],
+        audit: impl Fn(Uuid, Uuid) -> AuditEvent,
+    ) -> Result<Option<AuditEvent>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT token_family FROM refresh_tokens WHERE token_hash = $1",
+                "SELECT token_family, user_id FROM refresh_tokens WHERE token_hash = $1",
                 &[&token_hash],
             )
             .await?;
+        let mut known = None;
         if let Some(row) = row {
-            revoke_session(&tx, row.try_get(0)?).await?;
+            let sid: Uuid = row.try_get(0)?;
+            revoke_session(&tx, sid).await?;
+            let event = audit(row.try_get(1)?, sid);
+            super::audit::insert_in(&tx, &event).await?;
+            known = Some(event);
         }
         tx.commit().await?;
-        Ok(())
+        Ok(known)
     }
 
-    /// Revokes one live session of `user_id`; `false` when it has no such live session.
-    pub async fn revoke_user_session(&self, user_id: Uuid, sid: Uuid) -> Result<bool, StoreError> {
+    /// Revokes one live session of `user_id` and records `audit` in the same transaction;
+    /// `false` (and nothing recorded) when it has no such live session.
+    pub async fn revoke_user_session(
+        &self,
+        user_id: Uuid,
+        sid: Uuid,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let owned = tx
@@ -228,35 +251,50 @@ impl Store {
             .is_some();
         if owned {
             revoke_session(&tx, sid).await?;
+            super::audit::insert_in(&tx, audit).await?;
         }
         tx.commit().await?;
         Ok(owned)
     }
 
-    /// Revokes a live session whoever owns it (operator action) and announces it; `false`
-    /// when there is no such live session.
-    pub async fn revoke_session_by_id(&self, sid: Uuid) -> Result<bool, StoreError> {
+    /// Revokes a live session whoever owns it (operator action), announces it and records
+    /// `audit(owner)` in the same transaction; `false` when there is no such live session.
+    pub async fn revoke_session_by_id(
+        &self,
+        sid: Uuid,
+        audit: impl FnOnce(Uuid) -> AuditEvent + Send,
+    ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let live = tx
             .query_opt(
-                "SELECT 1 FROM sessions WHERE id = $1 AND revoked_at IS NULL FOR UPDATE",
+                "SELECT user_id FROM sessions WHERE id = $1 AND revoked_at IS NULL FOR UPDATE",
                 &[&sid],
             )
-            .await?
-            .is_some();
-        if live {
-            revoke_session(&tx, sid).await?;
-        }
+            .await?;
+        let live = match live {
+            Some(row) => {
+                revoke_session(&tx, sid).await?;
+                super::audit::insert_in(&tx, &audit(row.try_get(0)?)).await?;
+                true
+            }
+            None => false,
+        };
         tx.commit().await?;
         Ok(live)
     }
 
-    /// Revokes every session of a user (logout-all, admin action).
-    pub async fn revoke_all_sessions(&self, user_id: Uuid) -> Result<(), StoreError> {
+    /// Revokes every session of a user (logout-all, admin action) and records `audit` in the
+    /// same transaction.
+    pub async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         revoke_user_sessions(&tx, user_id, None).await?;
+        super::audit::insert_in(&tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }

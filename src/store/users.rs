@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::model::{Role, User};
+use crate::model::{AuditEvent, Role, User};
 
 const USER_COLUMNS: &str = "id, email, role::text AS role, is_active, created_at";
 
@@ -30,8 +30,9 @@ pub struct AdminUpdate {
 /// Result of an admin update.
 #[derive(Debug, Clone)]
 pub enum AdminUpdateOutcome {
-    /// Applied; sessions were revoked if the role or active flag changed.
-    Updated(User),
+    /// Applied; sessions were revoked if the role or active flag changed. Carries the audit
+    /// events recorded with it.
+    Updated(User, Vec<AuditEvent>),
     /// No such user.
     NotFound,
     /// Refused: no active admin would remain.
@@ -131,12 +132,14 @@ impl Store {
         Ok(())
     }
 
-    /// Changes the password and revokes every session but `keep`, in one transaction.
+    /// Changes the password, revokes every session but `keep` and records `audit`, in one
+    /// transaction.
     pub async fn change_password(
         &self,
         id: Uuid,
         hash: &str,
         keep: Uuid,
+        audit: &AuditEvent,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -146,6 +149,7 @@ impl Store {
         )
         .await?;
         super::sessions::revoke_user_sessions(&tx, id, Some(keep)).await?;
+        super::audit::insert_in(&tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -186,10 +190,14 @@ impl Store {
     /// Applies an admin change. A role change or deactivation revokes all the user's sessions
     /// (and notifies); demoting or deactivating the last active admin is refused. Active admins
     /// are locked first so two concurrent demotions cannot both pass the guard.
+    ///
+    /// `audit` names the events of the change from the row before and after; they are
+    /// recorded in the same transaction and returned with the user.
     pub async fn admin_update_user(
         &self,
         id: Uuid,
         update: AdminUpdate,
+        audit: impl FnOnce(&User, &User) -> Vec<AuditEvent> + Send,
     ) -> Result<AdminUpdateOutcome, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -231,8 +239,12 @@ impl Store {
         if new_role != current.role || new_active != current.is_active {
             super::sessions::revoke_user_sessions(&tx, id, None).await?;
         }
+        let events = audit(&current, &updated);
+        for e in &events {
+            super::audit::insert_in(&tx, e).await?;
+        }
         tx.commit().await?;
-        Ok(AdminUpdateOutcome::Updated(updated))
+        Ok(AdminUpdateOutcome::Updated(updated, events))
     }
 
     /// Whether a user exists (for 404s on admin endpoints).

@@ -729,10 +729,7 @@ async fn login_for_an_unknown_email_runs_the_same_argon2_verification_as_a_wrong
         std::sync::Arc::new(portcullis::tokens::TokenService::new(&config.tokens).unwrap());
     let hasher = Hasher::new(&config.passwords).unwrap();
     let auth = AuthService::new(&config, store, tokens, hasher.clone()).unwrap();
-    let client = ClientInfo {
-        ip: None,
-        user_agent: None,
-    };
+    let client = ClientInfo::default();
     auth.register("known@x.io", PASSWORD.into(), &client)
         .await
         .unwrap();

@@ -1,4 +1,6 @@
-//! Logging setup and the Prometheus metrics of API.md §5.
+//! Logging setup, the access log and the Prometheus metrics of API.md §5.
+
+pub mod access;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -24,12 +26,33 @@ pub fn may_log(target: &str, level: &tracing::Level) -> bool {
     })
 }
 
-/// Installs the tracing subscriber (`RUST_LOG` filters; default `info`). Idempotent.
-pub fn init_logging() {
+/// Keeps the background log writer alive: dropping it flushes the lines still queued, so
+/// `main` holds it until the process is about to exit.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogGuard").finish_non_exhaustive()
+    }
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` filters when set, else `log.level`; text or
+/// JSON lines on stderr through one background writer (also used by the access log), so a
+/// slow disk or pipe never stalls a proxy thread. Colour only when stderr is a terminal.
+/// Idempotent: a second call changes nothing and returns an inert guard.
+///
+/// The writer is lossy: when its queue (128 000 lines) is full, new lines are dropped rather
+/// than blocking the request path; dropping is preferable to added latency for every client.
+pub fn init_logging(log: &crate::config::Log) -> LogGuard {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::{Layer as _, filter};
     let env = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // The hint matters: without one the subscriber's maximum level is TRACE, so `log`'s
     // maximum is too, and every `trace!` in Pingora is formatted into a record and sent
@@ -38,14 +61,32 @@ pub fn init_logging() {
         .unwrap_or(filter::LevelFilter::TRACE);
     let guard =
         filter::filter_fn(|meta| may_log(meta.target(), meta.level())).with_max_level_hint(hint);
-    let _ = tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                .with_filter(env)
-                .with_filter(guard),
-        )
-        .try_init();
+    let (writer, worker) = tracing_appender::non_blocking(std::io::stderr());
+    let layer = match log.format {
+        crate::config::LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer.clone())
+            .boxed(),
+        crate::config::LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer.clone())
+            .boxed(),
+    };
+    let installed = tracing_subscriber::registry()
+        .with(layer.with_filter(env).with_filter(guard))
+        .try_init()
+        .is_ok();
+    if !installed {
+        return LogGuard { _worker: None };
+    }
+    access::install(writer, log.format);
+    LogGuard {
+        _worker: Some(worker),
+    }
 }
 
 /// All metrics, registered in one registry served on /metrics.
@@ -64,6 +105,9 @@ pub struct Metrics {
     pub revocation_cache: IntCounterVec,
     /// `portcullis_db_pool_connections{state}`.
     pub db_pool: IntGaugeVec,
+    /// `portcullis_connection_errors_total{kind}`: client disconnects and upstream resets,
+    /// logged below ERROR because they are the network's doing, not the gateway's.
+    pub connection_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +169,17 @@ impl Metrics {
         registry.register(Box::new(access_denied.clone()))?;
         registry.register(Box::new(revocation_cache.clone()))?;
         registry.register(Box::new(db_pool.clone()))?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connection_errors_total",
+                "Requests cut short by the network, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(connection_errors.clone()))?;
+        for kind in ["client_disconnect", "upstream_reset"] {
+            connection_errors.with_label_values(&[kind]);
+        }
         // Make the documented series visible from the first scrape.
         for event in [
             "login_ok",
@@ -157,6 +212,7 @@ impl Metrics {
             access_denied,
             revocation_cache,
             db_pool,
+            connection_errors,
         })
     }
 
