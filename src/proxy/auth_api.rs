@@ -69,7 +69,11 @@ enum Endpoint {
     OidcLogin(String),
     OidcCallback(String),
     OidcExchange,
+    OpenApi,
 }
+
+/// The OpenAPI 3.1 description of /auth, served as written (a test holds it to the router).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 impl Endpoint {
     fn parse(path: &str) -> Option<Endpoint> {
@@ -90,6 +94,7 @@ impl Endpoint {
             ["sessions", s] => Endpoint::Session(id(s)?),
             ["password"] => Endpoint::Password,
             ["jwks.json"] => Endpoint::Jwks,
+            ["openapi.json"] => Endpoint::OpenApi,
             ["admin", "users"] => Endpoint::AdminUsers,
             ["admin", "audit"] => Endpoint::AdminAudit,
             ["admin", "users", s] => Endpoint::AdminUser(id(s)?),
@@ -114,7 +119,7 @@ impl Endpoint {
             Endpoint::Me | Endpoint::Sessions | Endpoint::AdminUsers | Endpoint::AdminAudit => {
                 "GET, HEAD"
             }
-            Endpoint::Jwks => "GET, HEAD",
+            Endpoint::Jwks | Endpoint::OpenApi => "GET, HEAD",
             Endpoint::Session(_) | Endpoint::AdminUserSessions(_) => "DELETE",
             Endpoint::AdminUser(_) => "PATCH",
         }
@@ -167,6 +172,7 @@ async fn dispatch(
     };
     match endpoint {
         Endpoint::Jwks => Ok(respond::json(session, 200, &auth.tokens().jwks(), false, &rid).await),
+        Endpoint::OpenApi => Ok(respond::raw_json(session, OPENAPI.as_bytes(), &rid).await),
         Endpoint::Register => {
             let body: Credentials = read_json(session).await?;
             let user = auth.register(&body.email, body.password, &client).await?;
@@ -447,6 +453,65 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A concrete path for an OpenAPI path template.
+    fn concrete(template: &str) -> String {
+        template
+            .replace("{id}", "0193b0d2-6f3a-7c1e-9a2b-3c4d5e6f7a8b")
+            .replace("{name}", "example")
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_router() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented = Vec::new();
+        for (template, ops) in paths {
+            let endpoint = Endpoint::parse(&concrete(template))
+                .unwrap_or_else(|| panic!("{template} is documented but not routed"));
+            let mut methods: Vec<String> = ops
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| ["get", "head", "post", "put", "patch", "delete"].contains(&k.as_str()))
+                .map(|k| k.to_ascii_uppercase())
+                .collect();
+            methods.sort();
+            let mut allowed: Vec<String> =
+                endpoint.allow().split(", ").map(str::to_string).collect();
+            allowed.sort();
+            assert_eq!(methods, allowed, "{template}");
+            documented.push(concrete(template));
+        }
+        // Every endpoint the router knows has a documented path.
+        for path in [
+            "/auth/register",
+            "/auth/login",
+            "/auth/refresh",
+            "/auth/logout",
+            "/auth/logout-all",
+            "/auth/me",
+            "/auth/sessions",
+            "/auth/sessions/{id}",
+            "/auth/password",
+            "/auth/jwks.json",
+            "/.well-known/jwks.json",
+            "/auth/admin/users",
+            "/auth/admin/users/{id}",
+            "/auth/admin/users/{id}/sessions",
+            "/auth/admin/audit",
+            "/auth/oidc/{name}/login",
+            "/auth/oidc/{name}/callback",
+            "/auth/oidc/exchange",
+            "/auth/openapi.json",
+        ] {
+            assert!(
+                documented.contains(&concrete(path)),
+                "{path} is routed but not documented"
+            );
+        }
+    }
 
     #[test]
     fn json_errors_name_the_field() {

@@ -239,6 +239,12 @@ pub async fn permanent_redirect(session: &mut Session, location: &str, request_i
     308
 }
 
+/// Writes a 200 JSON document that is already serialized (the OpenAPI description).
+pub async fn raw_json(session: &mut Session, body: &[u8], request_id: &str) -> u16 {
+    write(session, 200, body.to_vec(), &[], false, request_id).await;
+    200
+}
+
 /// Writes a 200 `text/plain` body (an ACME HTTP-01 challenge answer).
 pub async fn text(session: &mut Session, body: String, request_id: &str) -> u16 {
     write(

@@ -2266,3 +2266,13 @@ async fn auth_events_are_counted_in_metrics() {
         assert_eq!(auth_event(&gw, event).await, n, "{event}");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_description_is_served_as_json() {
+    let (_echo, gw) = setup().await;
+    let reply = get(&gw, "/auth/openapi.json", None).await;
+    let doc = reply.expect(200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/auth/login"]["post"].is_object());
+}
