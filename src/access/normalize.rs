@@ -54,6 +54,15 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Whether `s` holds `%25` followed by two hex digits: what a backend decoding twice reads as
+/// another escape.
+fn double_encoded(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.windows(5).any(|w| {
+        w[0] == b'%' && w[1] == b'2' && w[2] == b'5' && hex(w[3]).is_some() && hex(w[4]).is_some()
+    })
+}
+
 /// Normalizes a request path (without the query) under the strict default policy.
 pub fn normalize(path: &str) -> Result<String, PathError> {
     normalize_with(path, PathPolicy::default())
@@ -142,6 +151,11 @@ pub fn normalize_with(path: &str, policy: PathPolicy) -> Result<String, PathErro
     }
     if !run.is_empty() {
         check_escape_run(&mut run)?;
+    }
+    // Decoding unreserved escapes can complete a double encoding (`%25e%45` → `%25eE`):
+    // judge the decoded form too.
+    if decoded.contains("%25") && double_encoded(&decoded) {
+        return Err(PathError::DoubleEncoding);
     }
     // Pass 2: dot segments and empty segments.
     let mut out: Vec<&str> = Vec::new();
@@ -265,6 +279,9 @@ mod tests {
             ("/x/%C3/%A9", BadUtf8),
             ("/x/\u{e9}%A9", BadUtf8),
             ("/x/%41%A9", BadUtf8),
+            // Found by fuzzing: decoding `%45` completes `%25eE`.
+            ("/a/%25e%45/x", DoubleEncoding),
+            ("/a/%25%45%45", DoubleEncoding),
         ] {
             assert_eq!(normalize(path), Err(why), "{path}");
         }
@@ -315,6 +332,7 @@ mod tests {
                 "%[0-9a-fA-F]{2}",
                 "%25[0-9a-fA-F]{2}",
                 Just("%2e".to_string()),
+                Just("%25".to_string()),
                 Just("%2F".to_string()),
                 Just("%C0%AE".to_string()),
                 Just("\u{e9}".to_string()),
