@@ -82,9 +82,19 @@ fn escape_at(bytes: &[u8], i: usize) -> Result<(u8, u8), PathError> {
 /// Checks that a run of consecutive escapes decodes to UTF-8; `run` holds the decoded bytes.
 /// Raw characters around a run are UTF-8 already, so each run must be complete on its own.
 fn check_escape_run(run: &mut Vec<u8>) -> Result<(), PathError> {
-    let ok = std::str::from_utf8(run).is_ok();
+    let result = match std::str::from_utf8(run) {
+        Ok(text) if text.chars().any(char::is_control) => Err(PathError::Forbidden),
+        Ok(_) => Ok(()),
+        Err(_) => Err(PathError::BadUtf8),
+    };
     run.clear();
-    if ok { Ok(()) } else { Err(PathError::BadUtf8) }
+    result
+}
+
+/// A C1 control character (U+0080–U+009F, UTF-8 `C2 80`–`C2 9F`) starts at `bytes[i]`: some
+/// backends read U+0085 as a line break.
+fn c1_control_at(bytes: &[u8], i: usize) -> bool {
+    bytes[i] == 0xC2 && bytes.get(i + 1).is_some_and(|b| (0x80..=0x9F).contains(b))
 }
 
 /// Normalizes a request path (without the query): decodes percent-encoded unreserved
@@ -136,12 +146,18 @@ pub fn normalize_with(path: &str, policy: PathPolicy) -> Result<String, PathErro
             _ => {
                 // Copy one UTF-8 character (or byte run) verbatim.
                 let start = i;
+                if c1_control_at(bytes, i) {
+                    return Err(PathError::Forbidden);
+                }
                 i += 1;
                 while i < bytes.len()
                     && !matches!(bytes[i], b'%' | b'\\' | b';')
                     && bytes[i] >= 0x20
                     && bytes[i] != 0x7f
                 {
+                    if c1_control_at(bytes, i) {
+                        return Err(PathError::Forbidden);
+                    }
                     i += 1;
                 }
                 decoded.push_str(&path[start..i]);
@@ -279,6 +295,10 @@ mod tests {
             ("/x/%C3/%A9", BadUtf8),
             ("/x/\u{e9}%A9", BadUtf8),
             ("/x/%41%A9", BadUtf8),
+            // Found by fuzzing: a raw C1 control (U+009A), and its encoded forms.
+            ("/x/\u{9a}/y", Forbidden),
+            ("/x/a\u{85}", Forbidden),
+            ("/x/%C2%85", Forbidden),
             // Found by fuzzing: decoding `%45` completes `%25eE`.
             ("/a/%25e%45/x", DoubleEncoding),
             ("/a/%25%45%45", DoubleEncoding),
