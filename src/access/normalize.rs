@@ -357,6 +357,7 @@ mod tests {
                 Just("%C0%AE".to_string()),
                 Just("\u{e9}".to_string()),
                 Just("\u{1}".to_string()),
+                Just("\u{85}".to_string()),
             ];
             proptest::collection::vec(piece, 0..24).prop_map(|v| format!("/{}", v.concat()))
         }
