@@ -122,9 +122,6 @@ pub fn normalize_with(path: &str, policy: PathPolicy) -> Result<String, PathErro
                 if v == b'/' || v == b'\\' || v < 0x20 || v == 0x7f {
                     return Err(PathError::Forbidden);
                 }
-                if v == b'%' && escape_at(bytes, i + 2).is_ok() {
-                    return Err(PathError::DoubleEncoding);
-                }
                 if v == b';' && !policy.allow_path_parameters {
                     return Err(PathError::PathParameter);
                 }

@@ -6,8 +6,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{CertificateDer, CryptoProvider, PrivateKeyDer, RusTlsError};
+use rustls::Error as RusTlsError;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{self, PemObject};
 
 use crate::config::CertFiles;
@@ -99,7 +101,8 @@ pub struct LoadedCert {
 /// The crypto provider the listener uses (Pingora installs `ring` as the process default);
 /// keys must be loaded with the same one.
 fn provider() -> Result<&'static Arc<CryptoProvider>, String> {
-    pingora::tls::install_default_crypto_provider();
+    // The provider Pingora installs for its listener (ring); whoever comes first installs it.
+    let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
     CryptoProvider::get_default().ok_or_else(|| "no TLS crypto provider is installed".to_string())
 }
 

@@ -1,7 +1,7 @@
 //! TLS termination, minus the sockets: certificate files loaded and checked (`certs`), the
 //! SNI certificate choice and its live reload (`resolver`), the look at a connection's first
 //! bytes (`hello`), and where plain HTTP is redirected (`redirect`). The Pingora listener is wired in `lib.rs` and `proxy/edge.rs`; the types here
-//! are rustls's, taken through Pingora's re-export so both use one rustls.
+//! are rustls's (the one version Pingora also uses), so no Pingora type is needed here.
 
 pub mod acme;
 pub mod certs;

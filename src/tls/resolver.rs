@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 use super::TlsError;
 use super::certs::{self, LoadedCert};
