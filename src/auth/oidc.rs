@@ -16,8 +16,9 @@ use openidconnect::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{AuthError, email};
+use super::{AuthError, ClientInfo, audit, email};
 use crate::config::Oidc;
+use crate::model::AuditKind;
 use crate::model::User;
 use crate::store::{OidcLink, OidcState, Store};
 
@@ -218,6 +219,7 @@ impl OidcService {
         code: Option<&str>,
         state: Option<&str>,
         provider_error: Option<&str>,
+        client_info: &ClientInfo,
     ) -> Result<CallbackRedirect, OidcError> {
         let provider = self.provider(name)?;
         let pending = match state {
@@ -280,6 +282,13 @@ impl OidcService {
             .map_err(AuthError::from)?;
         let user = match link {
             Some(OidcLink::User(user)) => user,
+            Some(OidcLink::Linked { user, created }) => {
+                let me = Some(user.id);
+                let detail = serde_json::json!({"provider": name, "account_created": created});
+                let event = audit::event(AuditKind::OidcLinked, me, me, client_info, detail);
+                audit::record(&self.store, event).await;
+                user
+            }
             Some(OidcLink::EmailTaken) => {
                 return Ok(CallbackRedirect {
                     location: with_query(&pending.redirect_to, &[("error", "email_taken")]),

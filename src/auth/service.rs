@@ -179,8 +179,14 @@ impl AuthService {
         let user_id = user.id;
         let pair = self.open_session(user, client).await?;
         let me = Some(user_id);
-        self.audit(AuditKind::OidcLinked, me, me, client, json!({}))
-            .await;
+        self.audit(
+            AuditKind::LoginOk,
+            me,
+            me,
+            client,
+            json!({"method": "oidc"}),
+        )
+        .await;
         Ok(pair)
     }
 
@@ -318,7 +324,7 @@ impl AuthService {
             Some(user_id),
             Some(user_id),
             client,
-            json!({}),
+            json!({"method": "password"}),
         )
         .await;
         Ok(pair)

@@ -5,9 +5,9 @@ use std::io::Read;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use portcullis::auth::{AuthError, create_account, operator, password::Hasher};
+use portcullis::auth::{AuthError, ClientInfo, audit, create_account, operator, password::Hasher};
 use portcullis::config::Config;
-use portcullis::model::{Role, User};
+use portcullis::model::{AuditKind, Role, User};
 
 use super::{auth_error, runtime, store};
 
@@ -25,9 +25,9 @@ pub enum UserCommand {
         /// Email address.
         #[arg(long)]
         email: String,
-        /// Role of the new user.
-        #[arg(long, value_parser = ["user", "admin"], default_value = "user")]
-        role: String,
+        /// Role of the new user: user or admin.
+        #[arg(long, value_parser = parse_role, default_value = "user")]
+        role: Role,
         /// Read the password from standard input (required: never pass it as an argument).
         #[arg(long, required = true)]
         password_stdin: bool,
@@ -60,7 +60,7 @@ pub enum UserCommand {
 /// Runs a user verb.
 pub fn run(config: &Config, command: UserCommand) -> anyhow::Result<()> {
     match command {
-        UserCommand::Create { email, role, .. } => create(config, &email, &role),
+        UserCommand::Create { email, role, .. } => create(config, &email, role),
         UserCommand::List => list(config),
         UserCommand::SetRole { email, role } => {
             let store = store(config)?;
@@ -116,7 +116,7 @@ fn list(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn create(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
+fn create(config: &Config, email: &str, role: Role) -> anyhow::Result<()> {
     let mut password = String::new();
     std::io::stdin()
         .read_to_string(&mut password)
@@ -126,17 +126,23 @@ fn create(config: &Config, email: &str, role: &str) -> anyhow::Result<()> {
         .map(|p| p.strip_suffix('\r').unwrap_or(p))
         .unwrap_or(&password)
         .to_string();
-    let role = Role::parse(role).context("role must be user or admin")?;
     let store = store(config)?;
     let hasher = Hasher::new(&config.passwords)?;
-    let user = runtime()?.block_on(create_account(
-        &store,
-        &hasher,
-        &config.passwords,
-        email,
-        password,
-        role,
-    ));
+    let user = runtime()?.block_on(async {
+        let user =
+            create_account(&store, &hasher, &config.passwords, email, password, role).await?;
+        // An operator's account creation is a `register` with no actor (the CLI has no caller).
+        let detail = serde_json::json!({"via": "cli", "role": role.as_str()});
+        let event = audit::event(
+            AuditKind::Register,
+            Some(user.id),
+            None,
+            &ClientInfo::default(),
+            detail,
+        );
+        audit::record(&store, event).await;
+        Ok(user)
+    });
     match user {
         Ok(user) => {
             println!(

@@ -313,7 +313,7 @@ async fn dispatch(
             let get = |k: &str| query.get(k).map(String::as_str);
             let next = auth
                 .oidc()
-                .callback(&name, get("code"), get("state"), get("error"))
+                .callback(&name, get("code"), get("state"), get("error"), &client)
                 .await?;
             Ok(respond::redirect(session, &next.location, &rid).await)
         }

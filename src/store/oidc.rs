@@ -21,8 +21,16 @@ pub struct OidcState {
 /// How a provider login resolved to an account.
 #[derive(Debug, Clone)]
 pub enum OidcLink {
-    /// Found or created (and linked).
+    /// Already linked to this identity (or inactive, so left unlinked).
     User(User),
+    /// Linked by this login: to an existing account (`created == false`) or a new one. Only
+    /// this outcome is an `oidc_linked` audit event; later logins through it are `login_ok`.
+    Linked {
+        /// The account now linked.
+        user: User,
+        /// Whether the account was created by this login.
+        created: bool,
+    },
     /// An account with this email exists and the provider did not verify the email.
     EmailTaken,
 }
@@ -117,8 +125,16 @@ impl Store {
                 &[&canonical],
             )
             .await?;
-        let user = match existing {
-            Some(row) if email_verified => user_from_row(&row)?,
+        let (user, created) = match existing {
+            Some(row) if email_verified => {
+                let user = user_from_row(&row)?;
+                if !user.is_active {
+                    // A deactivated account is not linked: the caller refuses the login, and
+                    // reactivation must not find an identity an attacker attached meanwhile.
+                    return Ok(Some(OidcLink::User(user)));
+                }
+                (user, false)
+            }
             Some(_) => return Ok(Some(OidcLink::EmailTaken)),
             None => {
                 let row = tx
@@ -129,7 +145,7 @@ impl Store {
                         &[&Uuid::now_v7(), &email, &canonical, &Role::User.as_str()],
                     )
                     .await?;
-                user_from_row(&row)?
+                (user_from_row(&row)?, true)
             }
         };
         tx.execute(
@@ -138,7 +154,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(Some(OidcLink::User(user)))
+        Ok(Some(OidcLink::Linked { user, created }))
     }
 
     /// Stores a one-time login code (hash) valid for `ttl_secs`.

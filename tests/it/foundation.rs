@@ -322,6 +322,52 @@ async fn user_create_bootstraps_an_admin_and_rejects_duplicates() {
     );
     assert_eq!(short.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
+    // The role is accepted in any case, and each account the CLI creates is in the audit trail.
+    let ops = gw.cli(
+        &[
+            "user",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--role",
+            "Admin",
+            "--password-stdin",
+        ],
+        "password-123\n",
+    );
+    assert!(
+        ops.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ops.stderr)
+    );
+    let rows = connect(&gw.db_url)
+        .await
+        .query(
+            "SELECT u.email, a.actor_id IS NULL, a.detail FROM audit_events a
+             JOIN users u ON u.id = a.user_id WHERE a.event = 'register' ORDER BY a.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows: Vec<(String, bool, serde_json::Value)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "root@example.com".into(),
+                true,
+                serde_json::json!({"via": "cli", "role": "admin"})
+            ),
+            (
+                "ops@example.com".into(),
+                true,
+                serde_json::json!({"via": "cli", "role": "admin"})
+            ),
+        ]
+    );
 }
 
 #[tokio::test]

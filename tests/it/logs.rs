@@ -442,14 +442,23 @@ async fn the_audit_trail_records_a_whole_flow_without_secrets() {
         };
         assert_eq!(actor.as_deref(), expected_actor, "{event}");
     }
-    assert_eq!(rows[0].0, "login_ok", "the admin's login comes first");
-    let register = rows.iter().find(|r| r.0 == "register").unwrap();
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].2.as_deref()),
+        ("register", None),
+        "the admin's creation by the CLI comes first, with no actor"
+    );
+    assert_eq!(rows[1].0, "login_ok", "then the admin's login");
+    let register = rows
+        .iter()
+        .find(|r| r.0 == "register" && r.1.as_deref() == Some(uid.as_str()))
+        .unwrap();
     assert_eq!(register.5.as_deref(), Some(register_rid.as_str()));
 
-    // The same events as log lines (target "audit").
+    // The same events as log lines (target "audit") — those the gateway recorded; the CLI's
+    // (no request id) are in the CLI's own log.
     let logged = eventually(Duration::from_secs(5), || {
         let n = lines(&gw.log(), "audit").len();
-        let want = rows.len();
+        let want = rows.iter().filter(|r| r.5.is_some()).count();
         async move { n >= want }
     })
     .await;
@@ -518,8 +527,8 @@ async fn the_admin_audit_endpoint_pages_filters_and_refuses_users() {
             None => break,
         }
     }
-    // admin login, register, login, 3 failures.
-    assert_eq!(ids.len(), 6, "{ids:?}");
+    // admin created (CLI) and login, register, login, 3 failures.
+    assert_eq!(ids.len(), 7, "{ids:?}");
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
 
     let page: Value = gw
@@ -596,7 +605,14 @@ async fn the_admin_audit_endpoint_pages_filters_and_refuses_users() {
     let out = gw.cli(&["audit", "tail", "--event", "register"], "");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().count(), 1, "{text}");
+    // carol's registration, then the admin's creation by the CLI.
+    let registered: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(registered.len(), 2, "{text}");
+    assert_eq!(registered[0]["user_id"], uid.as_str());
+    assert_eq!(registered[1]["detail"]["via"], "cli");
     assert!(
         !gw.cli(&["audit", "tail", "--event", "nope"], "")
             .status

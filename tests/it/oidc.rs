@@ -300,6 +300,18 @@ async fn rows(gw: &Gateway, table: &str) -> i64 {
         .get(0)
 }
 
+/// The audit trail, oldest first: (event, detail).
+async fn audit(gw: &Gateway) -> Vec<(String, Value)> {
+    connect(&gw.db_url)
+        .await
+        .query("SELECT event, detail FROM audit_events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_provider_login_creates_an_account_and_a_single_use_login_code() {
     let idp = Idp::start().await;
@@ -342,6 +354,17 @@ async fn a_provider_login_creates_an_account_and_a_single_use_login_code() {
     let second = login_through(&gw, &idp, who).await;
     assert_eq!(second.status(), 302);
     assert_eq!(user_count(&gw).await, 1);
+    // Linking is one event; each session opened through the provider is a login.
+    assert_eq!(
+        audit(&gw).await,
+        vec![
+            (
+                "oidc_linked".into(),
+                json!({"provider": "test", "account_created": true})
+            ),
+            ("login_ok".into(), json!({"method": "oidc"})),
+        ]
+    );
     // An OIDC account has no password: password login fails like any wrong password.
     let r = gw
         .post(
@@ -395,6 +418,51 @@ async fn a_verified_email_links_the_existing_account_and_an_unverified_one_is_re
         .await
         .unwrap();
     assert_eq!(pair["user"]["id"], pat_id);
+    let linked: Vec<_> = audit(&gw)
+        .await
+        .into_iter()
+        .filter(|(e, _)| e == "oidc_linked")
+        .collect();
+    assert_eq!(
+        linked,
+        vec![(
+            "oidc_linked".into(),
+            json!({"provider": "test", "account_created": false})
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_deactivated_account_is_neither_logged_in_nor_linked() {
+    let idp = Idp::start().await;
+    let (gw, _echo) = gateway(&idp).await;
+    let local = gw.user("dana@example.com").await;
+    let id = local["user"]["id"].as_str().unwrap().to_string();
+    connect(&gw.db_url)
+        .await
+        .execute(
+            "UPDATE users SET is_active = false WHERE id = $1::text::uuid",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let who = Identity {
+        sub: "sub-d".into(),
+        email: "dana@example.com".into(),
+        email_verified: true,
+    };
+    let refused = login_through(&gw, &idp, who).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"],
+        "account_disabled"
+    );
+    assert_eq!(rows(&gw, "oidc_identities").await, 0);
+    assert_eq!(rows(&gw, "oidc_login_codes").await, 0);
+    assert!(
+        audit(&gw).await.iter().all(|(e, _)| e != "oidc_linked"),
+        "no link, no event"
+    );
 }
 
 #[tokio::test]
