@@ -133,7 +133,15 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path:
         Ok(status) => status,
         Err(err) => {
             ctx.deny_reason = Some(err.code);
-            if err.status == 413 {
+            if err.status == 408 {
+                shared
+                    .metrics
+                    .client_limits
+                    .with_label_values(&["body_timeout"])
+                    .inc();
+                tracing::debug!(request_id = %ctx.request_id, "/auth request body timed out");
+            }
+            if matches!(err.status, 408 | 413) {
                 // The rest of the body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
             }
@@ -418,6 +426,9 @@ async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiE
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
+            Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => {
+                return Err(ApiError::request_timeout());
+            }
             Err(_) => return Err(ApiError::bad_request("the request body could not be read")),
         }
     }

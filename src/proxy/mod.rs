@@ -4,6 +4,7 @@
 pub mod auth_api;
 pub mod edge;
 mod forward;
+pub mod limits;
 pub mod respond;
 pub mod services;
 mod tunnel;
@@ -341,6 +342,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The head is in: its deadline is over, the body's idle timeout starts (Pingora's
+        // downstream read timeout applies between two body reads, proxied and /auth alike).
+        limits::head_done(session);
+        let body_timeout = self.shared.live.load().config.server.body_timeout_secs;
+        session.set_read_timeout(Some(std::time::Duration::from_secs(body_timeout)));
         if self.shared.edge.answered(session, ctx).await {
             return Ok(true);
         }
@@ -446,6 +452,16 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let err = match e.etype() {
+            // The client's body stopped arriving (server.body_timeout_secs), not the upstream.
+            ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+                self.shared
+                    .metrics
+                    .client_limits
+                    .with_label_values(&["body_timeout"])
+                    .inc();
+                tracing::debug!(request_id = %ctx.request_id, "request body timed out");
+                Some(ApiError::request_timeout())
+            }
             HTTPStatus(502) => Some(ApiError::new(
                 502,
                 "bad_gateway",
@@ -510,6 +526,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        limits::await_next(session);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
