@@ -500,6 +500,13 @@ impl ProxyHttp for Gateway {
                 tracing::info!(request_id = %ctx.request_id, error = %e, "upstream connection failed");
             }
         }
+        // A response already under way (the upstream failed inside its body) cannot become an
+        // error response: anything written now would be appended to the upstream's body and
+        // the body then ended properly, so a truncated body would be presented as complete.
+        // Write nothing; the connection is closed without the end of the body (HTTP/1.1: no
+        // last chunk, short of its Content-Length; HTTP/2: the stream is reset).
+        let started = session.response_written().map(|r| r.status.as_u16());
+        let err = if started.is_some() { None } else { err };
         let code = match err {
             Some(err) => {
                 ctx.deny_reason.get_or_insert(err.code);
@@ -511,7 +518,7 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 respond::error(session, &err, &ctx.request_id).await
             }
-            None => 0,
+            None => started.unwrap_or(0),
         };
         ctx.status = code;
         FailToProxy {
