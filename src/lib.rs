@@ -144,10 +144,16 @@ pub fn build_server(
         store.clone(),
     ));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(shared.clone()),
-        "portcullis proxy",
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Gateway::new(shared.clone()));
+    // Idle HTTP/2 connections close like idle HTTP/1.1 keep-alive ones (Pingora's default is
+    // never); the HTTP/1.1 side is timed by `proxy::limits`.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(Duration::from_secs(config.server.keepalive_timeout_secs));
+    app.server_options = Some(options);
+    let limits = proxy::limits::Settings::new(&config.server);
+    let mut proxy = pingora::services::listening::Service::new(
+        "portcullis proxy".to_string(),
+        proxy::limits::Limited::new(app, limits, &shared.metrics),
     );
     proxy.add_tcp(&listen);
     // The TLS listener is a second endpoint of the same service: same phases, same rules.

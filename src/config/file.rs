@@ -97,6 +97,19 @@ pub struct Server {
     pub upgrade_sock: String,
     /// Largest request head (target plus every header name and value) accepted; larger → 431.
     pub max_header_bytes: usize,
+    /// Longest a client may take to send a whole request head, from the connection's start
+    /// (first request) or from the first byte of the next one (keep-alive): a slowloris
+    /// client trickling its head is cut off after this many seconds.
+    pub header_timeout_secs: u64,
+    /// Longest a client may leave a request body without sending anything (between two
+    /// reads, like nginx `client_body_timeout`); then `408 request_timeout`.
+    pub body_timeout_secs: u64,
+    /// How long an idle HTTP/1.1 keep-alive connection (or an idle HTTP/2 connection) is
+    /// kept waiting for its next request; Pingora alone would keep it forever.
+    pub keepalive_timeout_secs: u64,
+    /// Most client connections open at once on the proxy listeners (plain and TLS
+    /// together); a connection over it is closed at once. `0` = no limit.
+    pub max_connections: usize,
     /// `[server.tls]`: a TLS listener beside the plain one; absent = no TLS.
     pub tls: Option<Tls>,
 }
@@ -112,6 +125,10 @@ impl Default for Server {
             allow_path_parameters: false,
             upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
             max_header_bytes: 16384,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            keepalive_timeout_secs: 60,
+            max_connections: 10_000,
             tls: None,
         }
     }

@@ -164,6 +164,14 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         s.max_header_bytes as u64,
         1024,
     );
+    r.at_least("server", "header_timeout_secs", s.header_timeout_secs, 1);
+    r.at_least("server", "body_timeout_secs", s.body_timeout_secs, 1);
+    r.at_least(
+        "server",
+        "keepalive_timeout_secs",
+        s.keepalive_timeout_secs,
+        1,
+    );
     if s.listen == s.admin_listen {
         r.add(
             &[Seg::Key("server"), Seg::Key("admin_listen")],

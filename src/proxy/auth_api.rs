@@ -133,7 +133,15 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path:
         Ok(status) => status,
         Err(err) => {
             ctx.deny_reason = Some(err.code);
-            if err.status == 413 {
+            if err.status == 408 {
+                shared
+                    .metrics
+                    .client_limits
+                    .with_label_values(&["body_timeout"])
+                    .inc();
+                tracing::debug!(request_id = %ctx.request_id, "/auth request body timed out");
+            }
+            if matches!(err.status, 408 | 413) {
                 // The rest of the body is not read: the connection cannot be reused.
                 session.set_keepalive(None);
             }
@@ -174,14 +182,14 @@ async fn dispatch(
         Endpoint::Jwks => Ok(respond::json(session, 200, &auth.tokens().jwks(), false, &rid).await),
         Endpoint::OpenApi => Ok(respond::raw_json(session, OPENAPI.as_bytes(), &rid).await),
         Endpoint::Register => {
-            let body: Credentials = read_json(session).await?;
+            let body: Credentials = read_json(session, shared).await?;
             let user = auth.register(&body.email, body.password, &client).await?;
             ctx.user_id = Some(user.id);
             shared.metrics.auth_event("register");
             Ok(user_response(session, 201, &user, &rid).await)
         }
         Endpoint::Login => {
-            let body: Credentials = read_json(session).await?;
+            let body: Credentials = read_json(session, shared).await?;
             match auth.login(&body.email, body.password, &client).await {
                 Ok(pair) => {
                     ctx.user_id = Some(pair.user.id);
@@ -200,7 +208,7 @@ async fn dispatch(
             }
         }
         Endpoint::Refresh => {
-            let body: RefreshBody = read_json(session).await?;
+            let body: RefreshBody = read_json(session, shared).await?;
             match auth.refresh(&body.refresh_token, &client).await? {
                 RefreshResult::Ok(pair) => {
                     shared.metrics.auth_event("refresh");
@@ -214,7 +222,7 @@ async fn dispatch(
             }
         }
         Endpoint::Logout => {
-            let body: RefreshBody = read_json(session).await?;
+            let body: RefreshBody = read_json(session, shared).await?;
             auth.logout(&body.refresh_token, &client).await?;
             shared.metrics.auth_event("logout");
             Ok(respond::empty(session, 204, &rid).await)
@@ -249,7 +257,7 @@ async fn dispatch(
         }
         Endpoint::Password => {
             let caller = caller(shared, session, ctx).await?;
-            let body: PasswordBody = read_json(session).await?;
+            let body: PasswordBody = read_json(session, shared).await?;
             auth.change_password(&caller, body.current_password, body.new_password, &client)
                 .await?;
             Ok(respond::empty(session, 204, &rid).await)
@@ -286,7 +294,7 @@ async fn dispatch(
             if caller.role != Role::Admin {
                 return Err(AuthError::Forbidden("this endpoint is for admins").into());
             }
-            let body: PatchUser = read_json(session).await?;
+            let body: PatchUser = read_json(session, shared).await?;
             let user = auth
                 .admin_update_user(
                     &caller,
@@ -318,7 +326,7 @@ async fn dispatch(
             Ok(respond::redirect(session, &next.location, &rid).await)
         }
         Endpoint::OidcExchange => {
-            let body: LoginCode = read_json(session).await?;
+            let body: LoginCode = read_json(session, shared).await?;
             let pair = auth.oidc_exchange(&body.login_code, &client).await?;
             shared.metrics.auth_event("login_ok");
             Ok(respond::json(session, 200, &pair, true, &rid).await)
@@ -379,8 +387,14 @@ async fn caller(
 }
 
 /// Reads and parses a JSON body: 415 for another content type, 413 over 64 KiB, 400 for
-/// malformed JSON or a wrongly-typed field (named in the message).
-async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiError> {
+/// malformed JSON or a wrongly-typed field (named in the message), 408 for a body that sends
+/// nothing for `server.body_timeout_secs` (over HTTP/1.1 Pingora's read timeout, set in
+/// `request_filter`, fires first; over HTTP/2, where Pingora has none, this one does).
+async fn read_json<T: DeserializeOwned>(
+    session: &mut Session,
+    shared: &Shared,
+) -> Result<T, ApiError> {
+    let idle = std::time::Duration::from_secs(shared.live.load().config.server.body_timeout_secs);
     let headers = &session.req_header().headers;
     let json = headers
         .get("content-type")
@@ -410,7 +424,10 @@ async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiE
     }
     let mut body = Vec::new();
     loop {
-        match session.read_request_body().await {
+        let chunk = tokio::time::timeout(idle, session.read_request_body())
+            .await
+            .map_err(|_| ApiError::request_timeout())?;
+        match chunk {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_BODY_BYTES {
                     return Err(too_large());
@@ -418,6 +435,9 @@ async fn read_json<T: DeserializeOwned>(session: &mut Session) -> Result<T, ApiE
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => break,
+            Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => {
+                return Err(ApiError::request_timeout());
+            }
             Err(_) => return Err(ApiError::bad_request("the request body could not be read")),
         }
     }

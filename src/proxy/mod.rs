@@ -4,6 +4,7 @@
 pub mod auth_api;
 pub mod edge;
 mod forward;
+pub mod limits;
 pub mod respond;
 pub mod services;
 mod tunnel;
@@ -341,6 +342,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // The head is in: its deadline is over, the body's idle timeout starts (Pingora's
+        // downstream read timeout applies between two body reads, proxied and /auth alike).
+        limits::head_done(session);
+        let body_timeout = self.shared.live.load().config.server.body_timeout_secs;
+        session.set_read_timeout(Some(std::time::Duration::from_secs(body_timeout)));
         if self.shared.edge.answered(session, ctx).await {
             return Ok(true);
         }
@@ -446,6 +452,16 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let err = match e.etype() {
+            // The client's body stopped arriving (server.body_timeout_secs), not the upstream.
+            ReadTimedout if e.esource() == &ErrorSource::Downstream => {
+                self.shared
+                    .metrics
+                    .client_limits
+                    .with_label_values(&["body_timeout"])
+                    .inc();
+                tracing::debug!(request_id = %ctx.request_id, "request body timed out");
+                Some(ApiError::request_timeout())
+            }
             HTTPStatus(502) => Some(ApiError::new(
                 502,
                 "bad_gateway",
@@ -484,6 +500,13 @@ impl ProxyHttp for Gateway {
                 tracing::info!(request_id = %ctx.request_id, error = %e, "upstream connection failed");
             }
         }
+        // A response already under way (the upstream failed inside its body) cannot become an
+        // error response: anything written now would be appended to the upstream's body and
+        // the body then ended properly, so a truncated body would be presented as complete.
+        // Write nothing; the connection is closed without the end of the body (HTTP/1.1: no
+        // last chunk, short of its Content-Length; HTTP/2: the stream is reset).
+        let started = session.response_written().map(|r| r.status.as_u16());
+        let err = if started.is_some() { None } else { err };
         let code = match err {
             Some(err) => {
                 ctx.deny_reason.get_or_insert(err.code);
@@ -495,7 +518,7 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 respond::error(session, &err, &ctx.request_id).await
             }
-            None => 0,
+            None => started.unwrap_or(0),
         };
         ctx.status = code;
         FailToProxy {
@@ -510,6 +533,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        limits::await_next(session);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

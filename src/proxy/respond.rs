@@ -59,6 +59,15 @@ impl ApiError {
         Self::new(404, "not_found", "no route matches this request")
     }
 
+    /// 408 `request_timeout`: the client stopped sending its body for `body_timeout_secs`.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            408,
+            "request_timeout",
+            "the request body stopped arriving (server.body_timeout_secs)",
+        )
+    }
+
     /// 503 `unavailable` with `Retry-After`.
     pub fn unavailable() -> Self {
         Self::new(

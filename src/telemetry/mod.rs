@@ -108,6 +108,10 @@ pub struct Metrics {
     /// `portcullis_connection_errors_total{kind}`: client disconnects and upstream resets,
     /// logged below ERROR because they are the network's doing, not the gateway's.
     pub connection_errors: IntCounterVec,
+    /// `portcullis_client_limits_total{limit}`: client connections cut or refused by a limit
+    /// (`header_timeout`, `body_timeout`, `keepalive_timeout`, `max_connections`), so an
+    /// operator sees slow or flooding clients without debug logs.
+    pub client_limits: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -180,6 +184,22 @@ impl Metrics {
         for kind in ["client_disconnect", "upstream_reset"] {
             connection_errors.with_label_values(&[kind]);
         }
+        let client_limits = IntCounterVec::new(
+            Opts::new(
+                "portcullis_client_limits_total",
+                "Client connections cut or refused by a limit, by limit",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(client_limits.clone()))?;
+        for limit in [
+            "header_timeout",
+            "body_timeout",
+            "keepalive_timeout",
+            "max_connections",
+        ] {
+            client_limits.with_label_values(&[limit]);
+        }
         // Make the documented series visible from the first scrape.
         for event in [
             "login_ok",
@@ -213,6 +233,7 @@ impl Metrics {
             revocation_cache,
             db_pool,
             connection_errors,
+            client_limits,
         })
     }
 

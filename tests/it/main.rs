@@ -7,6 +7,8 @@ mod foundation;
 
 mod acme;
 mod auth;
+mod faults;
+mod limits;
 mod logs;
 mod oidc;
 mod operators;

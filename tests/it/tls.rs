@@ -835,3 +835,140 @@ async fn certificates_reload_on_sighup_and_file_change_without_closing_open_conn
     assert_eq!(r.status(), 200);
     assert_eq!(peer_cert(&r), first.der);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection limits on the TLS listener (tests/it/limits.rs has the plain-HTTP side)
+// ---------------------------------------------------------------------------------------------
+
+/// A blocking HTTP/1.1-over-TLS connection to `tls`'s listener (SNI `a.test`, no ALPN), made
+/// with rustls directly so that a test can send exactly the bytes it wants.
+fn raw_tls(tls: &TlsGateway) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = pem::parse(tls.ca_pem.as_bytes()).unwrap();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(
+            ca.contents().to_vec(),
+        ))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(tls.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
+
+/// Reads until the server closes; `Err` when it is still open after the socket's 5 s read
+/// timeout.
+fn read_to_close(stream: &mut impl std::io::Read) -> Result<Vec<u8>, std::io::Error> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(seen),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(e);
+            }
+            // Closed without close_notify, or reset: closed.
+            Err(_) => return Ok(seen),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_tls_listener_cuts_a_slow_head_and_shares_max_connections_with_the_plain_one() {
+    use std::io::Write;
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(echo.addr);
+    opts.server = "header_timeout_secs = 1\nmax_connections = 1\n".into();
+    let tls = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "").await;
+    let tls = std::sync::Arc::new(tls);
+
+    // Half a head over TLS: cut after the head deadline, with no answer.
+    let t = tls.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut s = raw_tls(&t);
+        s.write_all(b"GET /public/x HTTP/1.1\r\nHost: a.test\r\n")
+            .unwrap();
+        s.flush().unwrap();
+        read_to_close(&mut s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        seen.expect("a slow TLS client is still connected"),
+        b"",
+        "answered"
+    );
+
+    // One TLS connection, served and kept alive, holds the only place: a plain connection
+    // is closed at once. When the TLS one closes, plain connections are served again.
+    let t = tls.clone();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::task::spawn_blocking(move || {
+        let mut s = raw_tls(&t);
+        s.write_all(b"GET /public/held HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .unwrap();
+        s.flush().unwrap();
+        let mut buf = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+    });
+    held_rx.await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", tls.gw.port))
+        .await
+        .unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut plain,
+        b"GET /public/plain HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut plain, &mut buf),
+    )
+    .await
+    .expect("a plain connection over max_connections is still open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a plain connection got past max_connections: {:?}",
+        read.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    release_tx.send(()).unwrap();
+    holder.await.unwrap();
+    let served = eventually(Duration::from_secs(5), || async {
+        raw_request(
+            tls.gw.port,
+            b"GET /public/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "no plain connection served after the TLS one closed"
+    );
+}
