@@ -7,11 +7,11 @@ mod foundation;
 
 mod acme;
 mod auth;
-mod faults;
 mod limits;
 mod logs;
 mod oidc;
 mod operators;
 mod proxy;
 mod tls;
+mod upstream_faults;
 mod websocket;
