@@ -6,9 +6,9 @@
 #
 #   bash tests/schemathesis/run.sh [--examples N] [--binary PATH]
 #
-# Needs PostgreSQL at DATABASE_URL's server (default 127.0.0.1:5432, user postgres) and
-# schemathesis (`pip install schemathesis`); the binary defaults to target/debug/portcullis
-# (built by `cargo test`). Uses a throw-away database and ports 18480/18490.
+# Needs PostgreSQL and schemathesis (`pip install schemathesis`); the binary defaults to
+# target/debug/portcullis (built by `cargo test`). A throw-away database, ports 18480/18490
+# (tests/tools/gateway.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -24,64 +24,9 @@ while [ $# -gt 0 ]; do
 done
 python3 -c 'import schemathesis' 2>/dev/null ||
   { echo "schemathesis is not installed (python3 -m pip install schemathesis)" >&2; exit 2; }
-[ -x "$binary" ] || { echo "$binary is missing: run cargo build first" >&2; exit 2; }
 
-server=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-server=${server%/*}
-db="portcullis_schemathesis_$$"
-work=$(mktemp -d)
-port=18480
-base="http://127.0.0.1:$port"
-gw_pid=""
-cleanup() {
-  [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null
-  psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Limits off so the fuzzer reaches the handlers instead of 429; cheap argon2 so hundreds of
-# logins take seconds (the parameters are the config's, the code path is the real one).
-cat >"$work/config.toml" <<EOF
-[server]
-listen = "127.0.0.1:$port"
-admin_listen = "127.0.0.1:18490"
-threads = 2
-upgrade_sock = "$work/upgrade.sock"
-[database]
-url = "$server/$db"
-[tokens]
-keys_dir = "$work/keys"
-[passwords]
-argon2_memory_kib = 64
-argon2_iterations = 1
-[rate_limit]
-login_per_minute_per_ip = 0
-login_per_minute_per_account = 0
-register_per_minute_per_ip = 0
-[log]
-access_log = false
-[[upstream]]
-name = "none"
-addrs = ["127.0.0.1:9"]
-[[route]]
-prefix = "/"
-upstream = "none"
-EOF
-
-"$binary" --config "$work/config.toml" serve >"$work/gateway.log" 2>&1 &
-gw_pid=$!
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:18490/readyz" >/dev/null 2>&1 && break
-  kill -0 "$gw_pid" 2>/dev/null || { cat "$work/gateway.log"; exit 1; }
-  sleep 0.1
-done
-
-printf 'admin-password\n' | "$binary" --config "$work/config.toml" \
-  user create --email fuzz-admin@example.com --role admin --password-stdin >/dev/null
-token=$(curl -sf -X POST "$base/auth/login" -H 'Content-Type: application/json' \
-  -d '{"email":"fuzz-admin@example.com","password":"admin-password"}' |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+source tests/tools/gateway.sh
+start_gateway "$binary" 18480 18490 schemathesis
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance
 status=0
@@ -98,7 +43,5 @@ for who in anonymous admin; do
     --checks "$checks" --max-examples "$examples" --seed 1 \
     --request-timeout 10 --suppress-health-check all --warnings off "${args[@]}" || status=1
 done
-if grep -q "panicked" "$work/gateway.log"; then
-  echo "the gateway panicked:"; grep -A5 "panicked" "$work/gateway.log"; status=1
-fi
+check_gateway_log || status=1
 exit $status
