@@ -17,20 +17,20 @@ use crate::harness::*;
 // ---------------------------------------------------------------------------------------------
 
 /// A test CA that signs leaf certificates.
-struct Pki {
+pub(crate) struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A leaf certificate and its key, as PEM, plus the DER the server presents.
 #[derive(Clone)]
-struct Leaf {
+pub(crate) struct Leaf {
     cert_pem: String,
     key_pem: String,
     der: Vec<u8>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -61,7 +61,7 @@ impl Pki {
         }
     }
 
-    fn leaf(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with(names, false)
     }
 }
@@ -87,10 +87,10 @@ fn tls_table(tls_port: u16, names: &[&str], more: &str) -> String {
 }
 
 /// A gateway whose TLS listener serves `leaves` (the first is the default).
-struct TlsGateway {
-    gw: Gateway,
-    tls_port: u16,
-    ca_pem: String,
+pub(crate) struct TlsGateway {
+    pub(crate) gw: Gateway,
+    pub(crate) tls_port: u16,
+    pub(crate) ca_pem: String,
 }
 
 impl TlsGateway {
@@ -99,7 +99,7 @@ impl TlsGateway {
         Self::start_with(&mut opts, pki, leaves, more).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         opts: &mut Options,
         pki: &Pki,
         leaves: &[(&str, &Leaf)],
