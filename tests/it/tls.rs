@@ -115,6 +115,18 @@ impl TlsGateway {
         let keys = dir.path().join("keys");
         let opts = std::mem::replace(opts, Options::new(SocketAddr::from(([127, 0, 0, 1], 1))));
         let gw = Gateway::start_with_keys(opts, fresh_db().await, dir, keys).await;
+        // The harness waited for the plain listener; the TLS one is bound beside it.
+        let accepting = eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            accepting.is_some(),
+            "TLS listener not accepting; log:\n{}",
+            gw.log()
+        );
         TlsGateway {
             gw,
             tls_port,
