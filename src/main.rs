@@ -46,6 +46,11 @@ enum Command {
         /// without dropping a connection); then send the old process SIGQUIT.
         #[arg(long)]
         upgrade: bool,
+        /// Detach into the background once serving (needs server.pid_file); the starting
+        /// process exits 0 when the daemon accepts on its listeners, 1 if it fails first.
+        /// For systemd's Type=forking (deploy/portcullis.service).
+        #[arg(long)]
+        daemon: bool,
     },
     /// Apply pending migrations and print each one applied.
     Migrate,
@@ -120,19 +125,42 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Held to the end of main: dropping it flushes the log lines still queued.
-    let _log = portcullis::telemetry::init_logging(&config.log);
     if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
-        // Certificate files are checked where they are used, not by every subcommand.
+        // Certificate files are checked where they are used, not by every subcommand; before
+        // a daemon detaches, so the problems reach the terminal.
         let problems = portcullis::tls::check(&config, &cli.config);
         if !problems.is_empty() {
             return invalid(&cli.config, &problems);
         }
     }
+    // Before any thread exists (the log writer below is one): fork keeps only the caller.
+    let mut ready = match cli.command {
+        Command::Serve { daemon: true, .. } => {
+            if config.server.pid_file.is_none() {
+                eprintln!(
+                    "{}: serve --daemon needs server.pid_file (how a supervisor finds the daemon)",
+                    cli.config.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            match cli::daemon::daemonize() {
+                Ok(ready) => Some(ready),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    // Held to the end of main: dropping it flushes the log lines still queued.
+    let _log = portcullis::telemetry::init_logging(&config.log);
     let result = match cli.command {
         Command::CheckConfig => cli::serve::check_config(&config, &cli.config),
         Command::Migrate => cli::serve::migrate(&config, true),
-        Command::Serve { upgrade } => cli::serve::serve(config, &cli.config, upgrade),
+        Command::Serve { upgrade, .. } => {
+            cli::serve::serve(config, &cli.config, upgrade, &mut ready)
+        }
         Command::User { command } => cli::user::run(&config, command),
         Command::Sessions { command } => cli::sessions::run(&config, command),
         Command::Routes { command } => cli::routes::run(&config, command),

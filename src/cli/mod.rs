@@ -3,6 +3,7 @@
 //! none holds SQL or a rule of its own.
 
 pub mod audit;
+pub mod daemon;
 pub mod keys;
 pub mod routes;
 pub mod serve;

@@ -95,6 +95,10 @@ pub struct Server {
     /// Unix socket through which `serve --upgrade` takes over the listening sockets of the
     /// running instance; old and new process must agree on it.
     pub upgrade_sock: String,
+    /// File the serving process writes its pid to (replacing an older one) and removes on exit
+    /// if it still holds its pid: how a supervisor (systemd's `PIDFile=`) finds the daemon of
+    /// `serve --daemon`, which needs it. Absent = no pid file.
+    pub pid_file: Option<String>,
     /// Largest request head (target plus every header name and value) accepted; larger → 431.
     pub max_header_bytes: usize,
     /// Longest a client may take to send a whole request head, from the connection's start
@@ -124,6 +128,7 @@ impl Default for Server {
             shutdown_grace_secs: 5,
             allow_path_parameters: false,
             upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
+            pid_file: None,
             max_header_bytes: 16384,
             header_timeout_secs: 10,
             body_timeout_secs: 30,

@@ -97,7 +97,9 @@ impl Forwarding {
         Some(client)
     }
 
-    /// Rewrites the upstream request headers.
+    /// Rewrites the upstream request headers. `tls` says whether the client reached the TLS
+    /// listener: the upstream learns the scheme from `X-Forwarded-Proto`, since the gateway
+    /// speaks plain HTTP to it.
     pub fn rewrite(
         &self,
         req: &mut RequestHeader,
@@ -105,6 +107,7 @@ impl Forwarding {
         request_id: &str,
         peer: Option<IpAddr>,
         forward_token: bool,
+        tls: bool,
     ) -> Result<()> {
         // Headers named in Connection are hop-by-hop; honour that, but never for a header we
         // set ourselves — and never let it remove identity headers.
@@ -157,6 +160,37 @@ impl Forwarding {
             };
             req.insert_header("X-Forwarded-For", value)?;
         }
+        self.forwarded_scheme_and_host(req, peer, tls)
+    }
+
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host`: what a trusted proxy in front says is kept
+    /// (it saw the client; the gateway only saw the proxy); anyone else's is replaced by what
+    /// the gateway saw, so that an upstream building URLs from them cannot be steered by a
+    /// client. Without a peer address (never on TCP) the gateway's own view is used.
+    fn forwarded_scheme_and_host(
+        &self,
+        req: &mut RequestHeader,
+        peer: Option<IpAddr>,
+        tls: bool,
+    ) -> Result<()> {
+        let keep = peer.is_some_and(|p| self.trusted(p));
+        if !(keep && req.headers.contains_key("x-forwarded-proto")) {
+            req.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+        }
+        if !(keep && req.headers.contains_key("x-forwarded-host")) {
+            // HTTP/2 carries the host in `:authority`; `check_framing` made sure one is there.
+            let host = req.headers.get(http::header::HOST).cloned().or_else(|| {
+                req.uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
+            match host {
+                Some(host) => req.insert_header("X-Forwarded-Host", host)?,
+                None => {
+                    req.remove_header("x-forwarded-host");
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -189,7 +223,13 @@ pub fn is_websocket(req: &RequestHeader) -> bool {
 fn protected(name: &str) -> bool {
     matches!(
         name,
-        "host" | "content-length" | "transfer-encoding" | "x-forwarded-for" | "x-request-id"
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-request-id"
     )
 }
 
@@ -363,7 +403,7 @@ mod tests {
         ws.insert_header("Upgrade", "WebSocket").unwrap();
         ws.insert_header("Sec-WebSocket-Key", "k").unwrap();
         assert!(is_websocket(&ws));
-        f.rewrite(&mut ws, None, "rid", None, false).unwrap();
+        f.rewrite(&mut ws, None, "rid", None, false, false).unwrap();
         assert_eq!(ws.headers["upgrade"], "WebSocket");
         assert_eq!(ws.headers["connection"], "upgrade");
         assert_eq!(ws.headers["sec-websocket-key"], "k");
@@ -373,7 +413,8 @@ mod tests {
             .unwrap();
         h2c.insert_header("Upgrade", "h2c").unwrap();
         assert!(!is_websocket(&h2c));
-        f.rewrite(&mut h2c, None, "rid", None, false).unwrap();
+        f.rewrite(&mut h2c, None, "rid", None, false, false)
+            .unwrap();
         assert!(!h2c.headers.contains_key("upgrade"));
         assert!(!h2c.headers.contains_key("connection"));
 
@@ -413,16 +454,46 @@ mod tests {
         assert_eq!(f.client_ip(Some(stranger), &req), Some(stranger));
 
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(stranger), false)
+        f.rewrite(&mut up, None, "rid", Some(stranger), false, false)
             .unwrap();
         assert_eq!(up.headers["x-forwarded-for"], "198.51.100.7");
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false)
+        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false, false)
             .unwrap();
         assert_eq!(
             up.headers["x-forwarded-for"],
             "203.0.113.9, 10.1.1.1, 10.0.0.2"
         );
+    }
+
+    #[test]
+    fn forwarded_proto_and_host_are_ours_unless_a_trusted_proxy_sent_them() {
+        let f = forwarding(&["10.0.0.0/8"]);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Host", "app.example").unwrap();
+        req.insert_header("X-Forwarded-Proto", "https").unwrap();
+        req.insert_header("X-Forwarded-Host", "evil.example")
+            .unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        for (peer, tls, proto, host) in [
+            (stranger, false, "http", "app.example"),
+            (stranger, true, "https", "app.example"),
+            (proxy, false, "https", "evil.example"),
+        ] {
+            let mut up = req.clone();
+            f.rewrite(&mut up, None, "rid", Some(peer), false, tls)
+                .unwrap();
+            assert_eq!(up.headers["x-forwarded-proto"], proto, "{peer} {tls}");
+            assert_eq!(up.headers["x-forwarded-host"], host, "{peer} {tls}");
+        }
+        // A trusted proxy that sent neither: the gateway's view.
+        let mut bare = RequestHeader::build("GET", b"/", None).unwrap();
+        bare.insert_header("Host", "app.example").unwrap();
+        f.rewrite(&mut bare, None, "rid", Some(proxy), false, true)
+            .unwrap();
+        assert_eq!(bare.headers["x-forwarded-proto"], "https");
+        assert_eq!(bare.headers["x-forwarded-host"], "app.example");
     }
 
     #[test]
@@ -446,7 +517,7 @@ mod tests {
             exp: 0,
             email: "e@x.io".into(),
         };
-        f.rewrite(&mut req, Some(&claims), "rid", None, false)
+        f.rewrite(&mut req, Some(&claims), "rid", None, false, false)
             .unwrap();
         assert_eq!(
             req.headers["x-auth-user-id"],

@@ -417,10 +417,11 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let forward_token = ctx.route.as_ref().is_some_and(|r| r.forward_token);
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
@@ -431,6 +432,7 @@ impl ProxyHttp for Gateway {
             &ctx.request_id,
             ctx.peer_ip,
             forward_token,
+            tls,
         )
     }
 

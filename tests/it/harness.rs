@@ -506,8 +506,13 @@ impl Gateway {
                     self.log()
                 );
             }
+            // The admin and proxy listeners belong to different Pingora services, bound on
+            // their own runtimes: /readyz answering does not mean the proxy port accepts yet.
             if let Ok(r) = self.http.get(self.admin("/readyz")).send().await
                 && r.status() == 200
+                && tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
             {
                 return;
             }

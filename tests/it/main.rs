@@ -7,6 +7,7 @@ mod foundation;
 
 mod acme;
 mod auth;
+mod deploy;
 mod limits;
 mod logs;
 mod oidc;

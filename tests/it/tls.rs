@@ -17,20 +17,20 @@ use crate::harness::*;
 // ---------------------------------------------------------------------------------------------
 
 /// A test CA that signs leaf certificates.
-struct Pki {
+pub(crate) struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A leaf certificate and its key, as PEM, plus the DER the server presents.
 #[derive(Clone)]
-struct Leaf {
+pub(crate) struct Leaf {
     cert_pem: String,
     key_pem: String,
     der: Vec<u8>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -61,7 +61,7 @@ impl Pki {
         }
     }
 
-    fn leaf(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with(names, false)
     }
 }
@@ -87,10 +87,10 @@ fn tls_table(tls_port: u16, names: &[&str], more: &str) -> String {
 }
 
 /// A gateway whose TLS listener serves `leaves` (the first is the default).
-struct TlsGateway {
-    gw: Gateway,
-    tls_port: u16,
-    ca_pem: String,
+pub(crate) struct TlsGateway {
+    pub(crate) gw: Gateway,
+    pub(crate) tls_port: u16,
+    pub(crate) ca_pem: String,
 }
 
 impl TlsGateway {
@@ -99,7 +99,7 @@ impl TlsGateway {
         Self::start_with(&mut opts, pki, leaves, more).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         opts: &mut Options,
         pki: &Pki,
         leaves: &[(&str, &Leaf)],
@@ -115,6 +115,18 @@ impl TlsGateway {
         let keys = dir.path().join("keys");
         let opts = std::mem::replace(opts, Options::new(SocketAddr::from(([127, 0, 0, 1], 1))));
         let gw = Gateway::start_with_keys(opts, fresh_db().await, dir, keys).await;
+        // The harness waited for the plain listener; the TLS one is bound beside it.
+        let accepting = eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(
+            accepting.is_some(),
+            "TLS listener not accepting; log:\n{}",
+            gw.log()
+        );
         TlsGateway {
             gw,
             tls_port,
@@ -611,6 +623,80 @@ async fn hsts_is_sent_on_every_tls_response_and_never_on_plain_http() {
             header(&r, "strict-transport-security").is_none(),
             "HSTS on plain HTTP at {path}"
         );
+    }
+}
+
+/// `X-Forwarded-Proto` says which listener the client used (`https` on TLS, over HTTP/1.1 and
+/// HTTP/2, `http` on the plain one) and `X-Forwarded-Host` the host it asked for; a client's
+/// own values are replaced, a trusted proxy's are kept.
+#[tokio::test]
+async fn the_upstream_learns_the_scheme_and_host_and_only_a_trusted_proxy_may_say_otherwise() {
+    for trusted in [false, true] {
+        let echo = Echo::start().await;
+        let pki = Pki::new();
+        let a = pki.leaf(&["a.test"]);
+        let mut opts = Options::new(echo.addr);
+        if trusted {
+            opts.server.push_str("trusted_proxies = [\"127.0.0.1\"]\n");
+        }
+        let tgw = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "http2 = true").await;
+        let h2 = tgw.client();
+        let h1 = tgw.client_builder().http1_only().build().unwrap();
+        let plain = reqwest::Client::new();
+        let tls_host = format!("a.test:{}", tgw.tls_port);
+        let plain_host = format!("127.0.0.1:{}", tgw.gw.port);
+        let cases = [
+            (
+                &h1,
+                tgw.url("a.test", "/public/s"),
+                reqwest::Version::HTTP_11,
+                "https",
+                &tls_host,
+            ),
+            (
+                &h2,
+                tgw.url("a.test", "/public/s"),
+                reqwest::Version::HTTP_2,
+                "https",
+                &tls_host,
+            ),
+            (
+                &plain,
+                tgw.gw.url("/public/s"),
+                reqwest::Version::HTTP_11,
+                "http",
+                &plain_host,
+            ),
+        ];
+        for (client, url, version, proto, host) in cases {
+            let what = format!("{url} {version:?} trusted={trusted}");
+            let r = client.get(&url).send().await.unwrap();
+            assert_eq!((r.status().as_u16(), r.version()), (200, version), "{what}");
+            let seen = echo.last();
+            assert_eq!(seen.header("x-forwarded-proto"), vec![proto], "{what}");
+            assert_eq!(
+                seen.header("x-forwarded-host"),
+                vec![host.clone()],
+                "{what}"
+            );
+
+            let r = client
+                .get(&url)
+                .header("X-Forwarded-Proto", "gopher")
+                .header("X-Forwarded-Host", "evil.example")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{what}");
+            let seen = echo.last();
+            let (proto, host) = if trusted {
+                ("gopher", "evil.example")
+            } else {
+                (proto, host.as_str())
+            };
+            assert_eq!(seen.header("x-forwarded-proto"), vec![proto], "{what}");
+            assert_eq!(seen.header("x-forwarded-host"), vec![host], "{what}");
+        }
     }
 }
 

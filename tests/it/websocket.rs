@@ -1,7 +1,7 @@
 //! WebSocket passthrough (API.md §7): the handshake is authorized like any request, identity
 //! headers are added and spoofed ones stripped, frames flow both ways, refused upgrades never
 //! reach the upstream, idle tunnels close, and a revoked session loses its open tunnels on
-//! every instance within a second.
+//! every instance within a second. The same holds for wss through the TLS listener.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -16,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::harness::*;
+use crate::tls::{Pki, TlsGateway};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// The headers of one handshake, as the upstream received them.
@@ -118,7 +120,7 @@ async fn connect(
 }
 
 /// Sends `msg` and expects it back.
-async fn round_trip(ws: &mut Client, msg: Message) {
+async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, msg: Message) {
     ws.send(msg.clone()).await.unwrap();
     let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -129,7 +131,10 @@ async fn round_trip(ws: &mut Client, msg: Message) {
 }
 
 /// Waits until the tunnel is closed from the gateway's side; returns how long that took.
-async fn closed_within(ws: &mut Client, limit: Duration) -> Option<Duration> {
+async fn closed_within<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    limit: Duration,
+) -> Option<Duration> {
     let start = std::time::Instant::now();
     let outcome = tokio::time::timeout(limit, async {
         loop {
@@ -291,6 +296,110 @@ async fn a_revoked_session_loses_its_open_tunnels_on_every_instance_within_a_sec
             .is_some(),
         "a deactivated user's tunnel stayed open past 1 s"
     );
+}
+
+/// Opens a wss WebSocket to the TLS listener of `tgw`, as `a.test`, trusting only the test CA
+/// and offering only HTTP/1.1 by ALPN (a WebSocket handshake is an HTTP/1.1 upgrade).
+async fn connect_wss(
+    tgw: &TlsGateway,
+    path: &str,
+    token: &str,
+) -> WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>> {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(tgw.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(("127.0.0.1", tgw.tls_port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the gateway");
+    let mut req = format!("wss://a.test:{}{path}", tgw.tls_port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.headers_mut()
+        .insert("x-auth-role", "admin".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::client_async(req, tls)
+        .await
+        .expect("wss handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn a_wss_tunnel_through_the_tls_listener_relays_carries_identity_and_closes_on_revocation() {
+    let upstream = WsEcho::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(upstream.addr);
+    let tgw = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "http2 = true").await;
+    let pair = tgw.gw.user("wss@example.com").await;
+    let other = tgw.gw.login("wss@example.com", "password-123").await;
+
+    let mut ws = connect_wss(&tgw, "/api/secure-socket", access(&pair)).await;
+    let mut other_ws = connect_wss(&tgw, "/api/other-socket", access(&other)).await;
+    round_trip(&mut ws, Message::text("over tls")).await;
+    let big: Vec<u8> = (0..262_144u32).map(|i| (i % 253) as u8).collect();
+    round_trip(&mut ws, Message::binary(big)).await;
+    round_trip(&mut other_ws, Message::text("other")).await;
+
+    let seen = upstream.last();
+    assert_eq!(upstream.count(), 2);
+    let first = upstream.handshakes.lock().unwrap()[0].clone();
+    let user_id = pair["user"]["id"].as_str().unwrap();
+    assert_eq!(header(&first, "x-auth-user-id"), vec![user_id]);
+    assert_eq!(
+        header(&first, "x-auth-role"),
+        vec!["user"],
+        "spoofed role replaced"
+    );
+    let claims: Value = {
+        use base64::Engine as _;
+        let payload = access(&pair).split('.').nth(1).unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    assert_eq!(
+        header(&first, "x-auth-session-id"),
+        vec![claims["sid"].as_str().unwrap()]
+    );
+    assert_eq!(header(&first, "x-forwarded-proto"), vec!["https"]);
+    assert!(header(&first, "authorization").is_empty());
+    assert_eq!(header(&seen, "upgrade"), vec!["websocket"]);
+
+    // Logout revokes the session: its wss tunnel closes within a second, the other stays.
+    let reply = tgw
+        .gw
+        .http
+        .post(tgw.gw.url("/auth/logout"))
+        .json(&json!({"refresh_token": pair["refresh_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 204);
+    assert!(
+        closed_within(&mut ws, Duration::from_secs(1))
+            .await
+            .is_some(),
+        "the revoked session's wss tunnel stayed open past 1 s"
+    );
+    round_trip(&mut other_ws, Message::text("still here")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
