@@ -7,6 +7,7 @@ mod foundation;
 
 mod acme;
 mod auth;
+mod faults;
 mod logs;
 mod oidc;
 mod operators;

@@ -1,0 +1,464 @@
+//! Fault injection against a PostgreSQL the test owns (issue #11): the database crashed and
+//! restarted under load, the connection pool exhausted, and several instances under chaos.
+//! Each test says what a client sees during the fault and what is kept across it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const PASSWORD: &str = "password-123";
+
+/// How long a revocation may stay unnoticed in these tests (`revocation.cache_ttl_secs`).
+const CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// A client's answers by `(what, status)`, and every answer that was wrong, with why.
+#[derive(Default)]
+struct Tally {
+    counts: Mutex<BTreeMap<(String, String), usize>>,
+    wrong: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn count(&self, what: &str, status: &str) {
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry((what.to_string(), status.to_string()))
+            .or_default() += 1;
+    }
+
+    fn wrong(&self, why: String) {
+        eprintln!("WRONG: {why}");
+        self.wrong.lock().unwrap().push(why);
+    }
+
+    /// Total answers with `status`, whatever the request.
+    fn total(&self, status: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((_, s), _)| s == status)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn print(&self, title: &str) {
+        println!("{title}: answers by request and status");
+        for ((what, status), n) in self.counts.lock().unwrap().iter() {
+            println!("  {what:<22} {status:>7}  {n}");
+        }
+        println!("  wrong answers: {}", self.wrong.lock().unwrap().len());
+    }
+
+    fn assert_none_wrong(&self) {
+        let wrong = self.wrong.lock().unwrap();
+        assert!(
+            wrong.is_empty(),
+            "{} wrong answers:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+}
+
+/// One answer: status, whether a 503 carried `Retry-After`, and the body.
+struct Answer {
+    status: u16,
+    retry_after: bool,
+    body: Value,
+}
+
+impl Answer {
+    /// A 503 the way API.md §4.2 item 7 says: `unavailable` with `Retry-After`.
+    fn is_unavailable(&self) -> bool {
+        self.status == 503 && self.retry_after && self.body["error"] == "unavailable"
+    }
+}
+
+/// Sends a request with a bound (a hung gateway is a wrong answer, not a hung test).
+async fn send(req: reqwest::RequestBuilder) -> Result<Answer, String> {
+    let r = req
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    let status = r.status().as_u16();
+    let retry_after = r.headers().contains_key("retry-after");
+    let text = r.text().await.map_err(|e| format!("body: {e}"))?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// Where a client sends its requests (a gateway, or a balancer in front of several).
+#[derive(Clone)]
+struct Target {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Target {
+    fn of(gw: &Gateway) -> Target {
+        Target::at(gw.port)
+    }
+
+    fn at(port: u16) -> Target {
+        Target {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Answer, String> {
+        send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Result<Answer, String> {
+        send(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .bearer_auth(token),
+        )
+        .await
+    }
+}
+
+/// A signed-in client: its newest token pair.
+#[derive(Clone)]
+struct Client {
+    name: String,
+    email: String,
+    access: String,
+    refresh: String,
+}
+
+impl Client {
+    fn from_pair(name: &str, email: &str, pair: &Value) -> Client {
+        Client {
+            name: name.to_string(),
+            email: email.to_string(),
+            access: pair["access_token"].as_str().unwrap().to_string(),
+            refresh: pair["refresh_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Rotates its refresh token: 200 (new pair kept) or 503 with `Retry-After` (the same
+    /// token is presented again next time); anything else is wrong.
+    async fn refresh(&mut self, target: &Target, tally: &Tally) {
+        match target
+            .post("/auth/refresh", json!({"refresh_token": self.refresh}))
+            .await
+        {
+            Ok(a) if a.status == 200 => {
+                tally.count("refresh", "200");
+                *self = Client::from_pair(&self.name, &self.email, &a.body);
+            }
+            Ok(a) if a.is_unavailable() => tally.count("refresh", "503"),
+            Ok(a) => {
+                tally.count("refresh", &a.status.to_string());
+                tally.wrong(format!(
+                    "{}: refresh answered {} {}",
+                    self.name, a.status, a.body
+                ));
+            }
+            Err(e) => {
+                tally.count("refresh", "error");
+                tally.wrong(format!("{}: refresh: {e}", self.name));
+            }
+        }
+    }
+
+    /// Calls the protected route with its newest access token: 200 or 503 with `Retry-After`.
+    async fn call(&self, target: &Target, tally: &Tally) {
+        match target.get("/api/orders", &self.access).await {
+            Ok(a) if a.status == 200 => tally.count("protected", "200"),
+            Ok(a) if a.is_unavailable() => tally.count("protected", "503"),
+            Ok(a) => {
+                tally.count("protected", &a.status.to_string());
+                tally.wrong(format!(
+                    "{}: protected route answered {} {}",
+                    self.name, a.status, a.body
+                ));
+            }
+            Err(e) => {
+                tally.count("protected", "error");
+                tally.wrong(format!("{}: protected route: {e}", self.name));
+            }
+        }
+    }
+
+    /// A fresh login of the same account: 200 (and its token works) or 503 with `Retry-After`.
+    async fn login_again(&self, target: &Target, tally: &Tally) {
+        match target
+            .post(
+                "/auth/login",
+                json!({"email": self.email, "password": PASSWORD}),
+            )
+            .await
+        {
+            Ok(a) if a.status == 200 => {
+                tally.count("login", "200");
+                Client::from_pair(&self.name, &self.email, &a.body)
+                    .call(target, tally)
+                    .await;
+            }
+            Ok(a) if a.is_unavailable() => tally.count("login", "503"),
+            Ok(a) => {
+                tally.count("login", &a.status.to_string());
+                tally.wrong(format!(
+                    "{}: login answered {} {}",
+                    self.name, a.status, a.body
+                ));
+            }
+            Err(e) => {
+                tally.count("login", "error");
+                tally.wrong(format!("{}: login: {e}", self.name));
+            }
+        }
+    }
+
+    /// After the fault: the session's chain is intact — a refresh and a protected call both
+    /// answer 200 (503s allowed for at most `patience`, while connections are re-opened).
+    async fn still_works(&mut self, target: &Target, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let a = target
+                .post("/auth/refresh", json!({"refresh_token": self.refresh}))
+                .await
+                .unwrap_or_else(|e| panic!("{}: refresh after the fault: {e}", self.name));
+            if a.status == 200 {
+                *self = Client::from_pair(&self.name, &self.email, &a.body);
+                break;
+            }
+            assert!(
+                a.is_unavailable() && Instant::now() < deadline,
+                "{}: refresh after the fault answered {} {}",
+                self.name,
+                a.status,
+                a.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        loop {
+            let a = target
+                .get("/api/orders", &self.access)
+                .await
+                .unwrap_or_else(|e| panic!("{}: call after the fault: {e}", self.name));
+            if a.status == 200 {
+                break;
+            }
+            assert!(
+                a.is_unavailable() && Instant::now() < deadline,
+                "{}: protected route after the fault answered {} {}",
+                self.name,
+                a.status,
+                a.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A session logged out before the fault: from `revoked_at + CACHE_TTL` on, its access token
+/// must never be served and its refresh token never rotated (401, or 503 while the database is
+/// away — never 200). Probed until `stop`.
+async fn probe_revoked(
+    target: Target,
+    victim: Client,
+    revoked_at: Instant,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let late = revoked_at.elapsed() > CACHE_TTL;
+        match target.get("/api/orders", &victim.access).await {
+            Ok(a) if a.status == 401 => tally.count("revoked: protected", "401"),
+            Ok(a) if a.is_unavailable() => tally.count("revoked: protected", "503"),
+            Ok(a) if a.status == 200 && !late => tally.count("revoked: protected", "200 <ttl"),
+            Ok(a) => {
+                tally.count("revoked: protected", &a.status.to_string());
+                tally.wrong(format!(
+                    "logged-out session: protected route answered {} {} ({:?} after logout)",
+                    a.status,
+                    a.body,
+                    revoked_at.elapsed()
+                ));
+            }
+            Err(e) => tally.wrong(format!("logged-out session: {e}")),
+        }
+        match target
+            .post("/auth/refresh", json!({"refresh_token": victim.refresh}))
+            .await
+        {
+            Ok(a) if a.status == 401 => tally.count("revoked: refresh", "401"),
+            Ok(a) if a.is_unavailable() => tally.count("revoked: refresh", "503"),
+            Ok(a) => {
+                tally.count("revoked: refresh", &a.status.to_string());
+                tally.wrong(format!(
+                    "logged-out session: refresh answered {} {}",
+                    a.status, a.body
+                ));
+            }
+            Err(e) => tally.wrong(format!("logged-out session: refresh: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One client's loop until `stop`: refresh, call with the newest access token, and every
+/// fourth round a fresh login.
+async fn client_loop(
+    target: Target,
+    mut client: Client,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Client {
+    let mut round = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        client.refresh(&target, &tally).await;
+        client.call(&target, &tally).await;
+        if round % 4 == 3 {
+            client.login_again(&target, &tally).await;
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+}
+
+/// Gateway options for a gateway on `pg`, with a short revocation cache TTL.
+fn on_private_pg(echo: &Echo, pg: &PrivatePg) -> Options {
+    let mut opts = Options::new(echo.addr);
+    opts.database = Some(pg.url("portcullis"));
+    opts.revocation = format!("cache_ttl_secs = {}\n", CACHE_TTL.as_secs());
+    opts
+}
+
+/// How PostgreSQL goes away.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// `pg_ctl stop -m immediate`: connections cut mid-query, crash recovery on start.
+    Crash,
+    /// `pg_ctl stop -m fast`: sessions terminated with `57P01 admin_shutdown`.
+    FastStop,
+}
+
+/// PostgreSQL goes away under load, stays down 2 s and comes back.
+/// Clients see only correct answers or 503 with `Retry-After`: never a 401 for a valid session
+/// (a refresh answered 503 is retried with the same token and succeeds — it either committed,
+/// and the grace window hands out the same successor, or it happens now), never a 200 for a
+/// session logged out before the fault (after the cache TTL). Afterwards every session still
+/// refreshes and calls the protected route: no chain was broken.
+async fn restart_under_load(how: Outage) {
+    let pg = PrivatePg::start();
+    let echo = Echo::start().await;
+    let gw = Gateway::start(on_private_pg(&echo, &pg)).await;
+    let target = Target::of(&gw);
+
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let email = format!("load{i}@example.com");
+        let pair = gw.user(&email).await;
+        clients.push(Client::from_pair(&format!("client {i}"), &email, &pair));
+    }
+    let victim_pair = gw.user("leaver@example.com").await;
+    let victim = Client::from_pair("leaver", "leaver@example.com", &victim_pair);
+    assert_eq!(
+        gw.get("/api/orders", Some(&victim.access)).await.status(),
+        200
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(client_loop(target.clone(), c, stop.clone(), tally.clone())))
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let logout = target
+        .post("/auth/logout", json!({"refresh_token": victim.refresh}))
+        .await
+        .unwrap();
+    assert_eq!(logout.status, 204, "{}", logout.body);
+    let probe = tokio::spawn(probe_revoked(
+        target.clone(),
+        victim.clone(),
+        Instant::now(),
+        stop.clone(),
+        tally.clone(),
+    ));
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = tally.total("200");
+    match how {
+        Outage::Crash => pg.crash(),
+        Outage::FastStop => pg.stop(),
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.up();
+    let restarted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    probe.await.unwrap();
+    tally.print(&format!("PostgreSQL {how:?} and restart under load"));
+    println!(
+        "  200s before the outage: {before}, 503s in all: {}, load ran {:?} after the restart",
+        tally.total("503"),
+        restarted.elapsed()
+    );
+    if !tally.wrong.lock().unwrap().is_empty() {
+        eprintln!("gateway log:\n{}\npostgres log:\n{}", gw.log(), pg.log());
+    }
+    tally.assert_none_wrong();
+    assert!(
+        tally.total("503") > 0,
+        "the crash was never seen by a client; the test tested nothing"
+    );
+
+    for c in &mut clients {
+        c.still_works(&target, Duration::from_secs(2)).await;
+    }
+    let a = target.get("/api/orders", &victim.access).await.unwrap();
+    assert_eq!(
+        a.status, 401,
+        "logged-out session after the fault: {}",
+        a.body
+    );
+    let a = target
+        .post("/auth/refresh", json!({"refresh_token": victim.refresh}))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.status, 401,
+        "logged-out refresh after the fault: {}",
+        a.body
+    );
+}
+
+/// [`restart_under_load`] with PostgreSQL crashing (`pg_ctl stop -m immediate`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_and_restart_under_load_breaks_no_session() {
+    restart_under_load(Outage::Crash).await;
+}
+
+/// [`restart_under_load`] with PostgreSQL shut down by an operator (`pg_ctl stop -m fast`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_fast_stop_and_restart_under_load_breaks_no_session() {
+    restart_under_load(Outage::FastStop).await;
+}
