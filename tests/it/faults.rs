@@ -462,3 +462,137 @@ async fn postgres_crash_and_restart_under_load_breaks_no_session() {
 async fn postgres_fast_stop_and_restart_under_load_breaks_no_session() {
     restart_under_load(Outage::FastStop).await;
 }
+
+/// One connection in the pool (`database.pool_size = 1`), held by a request stuck behind a
+/// lock the test takes on `users`: the next /auth requests queue for
+/// `database.acquire_timeout_ms`, then answer 503 `unavailable` with `Retry-After` — never
+/// hang, never 401 or 500. The proxy path keeps answering 200 for a token whose status is
+/// cached (a hit needs no connection); a token not cached gets 503 (`on_db_error = "deny"`),
+/// not 401. Once the lock is released, the stuck request completes and everything recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_pool_answers_503_after_the_bound_and_recovers() {
+    const ACQUIRE: Duration = Duration::from_millis(500);
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.pool_size = 1;
+    opts.database_extra = format!("acquire_timeout_ms = {}\n", ACQUIRE.as_millis());
+    let gw = Gateway::start(opts).await;
+    let target = Target::of(&gw);
+
+    let cached = gw.user("cached@example.com").await;
+    let cached = Client::from_pair("cached", "cached@example.com", &cached);
+    assert_eq!(
+        gw.get("/api/orders", Some(&cached.access)).await.status(),
+        200
+    );
+    let uncached = gw.login("cached@example.com", PASSWORD).await;
+    let uncached = Client::from_pair("uncached", "cached@example.com", &uncached);
+    gw.register("waiting@example.com", PASSWORD).await;
+
+    // The test's own connection takes the lock; the gateway's one connection will wait on it.
+    let locker = connect(&gw.db_url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let holder = {
+        let target = target.clone();
+        tokio::spawn(async move {
+            target
+                .post(
+                    "/auth/login",
+                    json!({"email": "waiting@example.com", "password": PASSWORD}),
+                )
+                .await
+        })
+    };
+    let stuck = eventually(Duration::from_secs(10), || async {
+        let row = locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) >= 1
+    })
+    .await;
+    assert!(
+        stuck.is_some(),
+        "the gateway's query never waited on the lock"
+    );
+
+    let tally = Tally::default();
+    let queued: Vec<_> = (0..4)
+        .map(|i| {
+            let target = target.clone();
+            let (email, refresh) = (format!("q{i}@example.com"), cached.refresh.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = if i % 2 == 0 {
+                    target
+                        .post("/auth/login", json!({"email": email, "password": PASSWORD}))
+                        .await
+                } else {
+                    target
+                        .post("/auth/refresh", json!({"refresh_token": refresh}))
+                        .await
+                };
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    // Meanwhile the proxy path serves the cached token, and refuses the uncached one with 503.
+    for _ in 0..10 {
+        cached.call(&target, &tally).await;
+    }
+    let miss = target.get("/api/orders", &uncached.access).await.unwrap();
+    assert!(
+        miss.is_unavailable(),
+        "uncached token while the pool is exhausted: {} {}",
+        miss.status,
+        miss.body
+    );
+    tally.count("protected, uncached", "503");
+    let mut waited = Vec::new();
+    for q in queued {
+        let (answer, elapsed) = q.await.unwrap();
+        let answer = answer.unwrap();
+        assert!(
+            answer.is_unavailable(),
+            "a queued /auth request answered {} {}",
+            answer.status,
+            answer.body
+        );
+        tally.count("auth, queued", "503");
+        // It queued for the bound rather than failing at once.
+        assert!(elapsed >= ACQUIRE, "answered after {elapsed:?}");
+        waited.push(elapsed);
+    }
+    assert!(
+        !holder.is_finished(),
+        "the request holding the connection finished while the lock was held"
+    );
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let held = holder.await.unwrap().unwrap();
+    assert_eq!(
+        held.status, 200,
+        "the stuck login after the release: {}",
+        held.body
+    );
+    tally.count("auth, holder", "200");
+    let mut after = cached.clone();
+    after.still_works(&target, Duration::ZERO).await;
+    let a = target.get("/api/orders", &uncached.access).await.unwrap();
+    assert_eq!(
+        a.status, 200,
+        "uncached token after the release: {}",
+        a.body
+    );
+    tally.print("pool exhausted");
+    println!("  queued /auth requests answered 503 after {waited:?} (bound {ACQUIRE:?})");
+    tally.assert_none_wrong();
+    assert_eq!(tally.total("200"), 11);
+}
