@@ -21,9 +21,30 @@ const CACHE_TTL: Duration = Duration::from_secs(2);
 struct Tally {
     counts: Mutex<BTreeMap<(String, String), usize>>,
     wrong: Mutex<Vec<String>>,
+    /// Whether a connection cut without an answer is expected (an instance is killed); a
+    /// timeout is never expected.
+    lost_expected: bool,
 }
 
 impl Tally {
+    fn expecting_lost_answers() -> Tally {
+        Tally {
+            lost_expected: true,
+            ..Tally::default()
+        }
+    }
+
+    /// A request that got no answer: counted as `lost` when connections are being cut on
+    /// purpose, wrong otherwise.
+    fn no_answer(&self, what: &str, who: &str, error: &str) {
+        if self.lost_expected && !error.starts_with("timeout") {
+            self.count(what, "lost");
+        } else {
+            self.count(what, "error");
+            self.wrong(format!("{who}: {what}: {error}"));
+        }
+    }
+
     fn count(&self, what: &str, status: &str) {
         *self
             .counts
@@ -88,7 +109,13 @@ async fn send(req: reqwest::RequestBuilder) -> Result<Answer, String> {
         .timeout(Duration::from_secs(15))
         .send()
         .await
-        .map_err(|e| format!("no answer: {e}"))?;
+        .map_err(|e| {
+            if e.is_timeout() {
+                format!("timeout: {e}")
+            } else {
+                format!("no answer: {e}")
+            }
+        })?;
     let status = r.status().as_u16();
     let retry_after = r.headers().contains_key("retry-after");
     let text = r.text().await.map_err(|e| format!("body: {e}"))?;
@@ -171,10 +198,7 @@ impl Client {
                     self.name, a.status, a.body
                 ));
             }
-            Err(e) => {
-                tally.count("refresh", "error");
-                tally.wrong(format!("{}: refresh: {e}", self.name));
-            }
+            Err(e) => tally.no_answer("refresh", &self.name, &e),
         }
     }
 
@@ -190,10 +214,7 @@ impl Client {
                     self.name, a.status, a.body
                 ));
             }
-            Err(e) => {
-                tally.count("protected", "error");
-                tally.wrong(format!("{}: protected route: {e}", self.name));
-            }
+            Err(e) => tally.no_answer("protected", &self.name, &e),
         }
     }
 
@@ -220,10 +241,7 @@ impl Client {
                     self.name, a.status, a.body
                 ));
             }
-            Err(e) => {
-                tally.count("login", "error");
-                tally.wrong(format!("{}: login: {e}", self.name));
-            }
+            Err(e) => tally.no_answer("login", &self.name, &e),
         }
     }
 
@@ -269,18 +287,20 @@ impl Client {
     }
 }
 
-/// A session logged out before the fault: from `revoked_at + CACHE_TTL` on, its access token
+/// A session logged out before the fault: from `revoked_at + ttl` on, its access token
 /// must never be served and its refresh token never rotated (401, or 503 while the database is
 /// away — never 200). Probed until `stop`.
 async fn probe_revoked(
     target: Target,
     victim: Client,
     revoked_at: Instant,
+    ttl: Duration,
+    every: Duration,
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
     while !stop.load(Ordering::SeqCst) {
-        let late = revoked_at.elapsed() > CACHE_TTL;
+        let late = revoked_at.elapsed() > ttl;
         match target.get("/api/orders", &victim.access).await {
             Ok(a) if a.status == 401 => tally.count("revoked: protected", "401"),
             Ok(a) if a.is_unavailable() => tally.count("revoked: protected", "503"),
@@ -294,7 +314,7 @@ async fn probe_revoked(
                     revoked_at.elapsed()
                 ));
             }
-            Err(e) => tally.wrong(format!("logged-out session: {e}")),
+            Err(e) => tally.no_answer("revoked: protected", "logged-out session", &e),
         }
         match target
             .post("/auth/refresh", json!({"refresh_token": victim.refresh}))
@@ -309,9 +329,9 @@ async fn probe_revoked(
                     a.status, a.body
                 ));
             }
-            Err(e) => tally.wrong(format!("logged-out session: refresh: {e}")),
+            Err(e) => tally.no_answer("revoked: refresh", "logged-out session", &e),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -395,6 +415,8 @@ async fn restart_under_load(how: Outage) {
         target.clone(),
         victim.clone(),
         Instant::now(),
+        CACHE_TTL,
+        Duration::from_millis(50),
         stop.clone(),
         tally.clone(),
     ));
@@ -595,4 +617,214 @@ async fn an_exhausted_pool_answers_503_after_the_bound_and_recovers() {
     println!("  queued /auth requests answered 503 after {waited:?} (bound {ACQUIRE:?})");
     tally.assert_none_wrong();
     assert_eq!(tally.total("200"), 11);
+}
+
+/// A TCP round-robin balancer on 127.0.0.1: each connection goes to the next backend that
+/// accepts it (a refused connect — a killed instance — moves on to the next, as a load
+/// balancer's connect retry does).
+async fn balancer(backends: Vec<u16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (backends, next) = (backends.clone(), next.clone());
+            tokio::spawn(async move {
+                for _ in 0..backends.len() {
+                    let i = next.fetch_add(1, Ordering::Relaxed) % backends.len();
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backends[i])).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Logs a session in, warms every live instance's cache with its access token,
+/// revokes it (logout through the first live one) and returns the session, when it was revoked
+/// and how long each live instance took to refuse it (401), polling every 10 ms for at most
+/// `give_up`.
+async fn revocation_reach(
+    gws: &[Gateway],
+    live: &[bool],
+    email: &str,
+    give_up: Duration,
+) -> (Client, Instant, Vec<Option<Duration>>) {
+    let first = live.iter().position(|l| *l).unwrap();
+    let via = Target::of(&gws[first]);
+    let login = via
+        .post("/auth/login", json!({"email": email, "password": PASSWORD}))
+        .await
+        .unwrap();
+    assert_eq!(login.status, 200, "{}", login.body);
+    let victim = Client::from_pair("revoked", email, &login.body);
+    for (gw, _) in gws.iter().zip(live).filter(|(_, l)| **l) {
+        let a = Target::of(gw)
+            .get("/api/orders", &victim.access)
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "warming the cache: {}", a.body);
+    }
+    let a = via
+        .post("/auth/logout", json!({"refresh_token": victim.refresh}))
+        .await
+        .unwrap();
+    assert_eq!(a.status, 204, "{}", a.body);
+    let revoked = Instant::now();
+    let mut reach = Vec::new();
+    for (gw, _) in gws.iter().zip(live).filter(|(_, l)| **l) {
+        let target = Target::of(gw);
+        let access = victim.access.clone();
+        reach.push(tokio::spawn(async move {
+            loop {
+                let a = target.get("/api/orders", &access).await.unwrap();
+                if a.status == 401 {
+                    return Some(revoked.elapsed());
+                }
+                if revoked.elapsed() > give_up {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    let mut out = Vec::new();
+    for r in reach {
+        out.push(r.await.unwrap());
+    }
+    (victim, revoked, out)
+}
+
+/// The revocation cache TTL of the chaos test: long enough that what the test measures is the
+/// LISTEN/NOTIFY path, not expiry.
+const CHAOS_TTL: Duration = Duration::from_secs(5);
+
+/// Three instances on one PostgreSQL behind a round-robin balancer, under mixed load for
+/// ~30 s, while instances are SIGKILLed and restarted (one, then another) and every LISTEN
+/// connection is terminated every 2 s. No request is answered wrongly — a valid session is
+/// never refused except by 503 `unavailable`, a revoked one never served after the cache TTL —
+/// answers lost with a killed instance's connections are retried (a refresh with the same
+/// token), every revocation reaches every live instance within 1 s even right after its LISTEN
+/// connection was cut, and afterwards every session still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_survive_killed_instances_and_cut_listen_connections() {
+    let pg = PrivatePg::start();
+    let echo = Echo::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        let mut opts = on_private_pg(&echo, &pg);
+        opts.revocation = format!("cache_ttl_secs = {}\n", CHAOS_TTL.as_secs());
+        gws.push(
+            Gateway::start_with_keys(
+                opts,
+                pg.url("portcullis"),
+                tempfile::tempdir().unwrap(),
+                keys.path().to_path_buf(),
+            )
+            .await,
+        );
+    }
+    let lb = balancer(gws.iter().map(|g| g.port).collect()).await;
+    // A connection per request, so that requests spread over the instances.
+    let target = Target {
+        base: format!("http://127.0.0.1:{lb}"),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+    };
+
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let email = format!("chaos{i}@example.com");
+        let pair = gws[0].user(&email).await;
+        clients.push(Client::from_pair(&format!("client {i}"), &email, &pair));
+    }
+    gws[0].register("revoked@example.com", PASSWORD).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Answers lost with the killed instance's connections are counted, not judged; the client
+    // goes on with the same tokens (a lost refresh is retried with the same refresh token).
+    let tally = Arc::new(Tally::expecting_lost_answers());
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(client_loop(target.clone(), c, stop.clone(), tally.clone())))
+        .collect();
+
+    let mut probes = Vec::new();
+    let mut live = [true; 3];
+    let mut reach_times = Vec::new();
+    let mut slow = Vec::new();
+    let started = Instant::now();
+    for round in 0..12 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Instance 2 dies and comes back, then instance 0 (through which the previous
+        // revocations were made).
+        let (which, up) = match round {
+            2 => (2, false),
+            4 => (2, true),
+            7 => (0, false),
+            9 => (0, true),
+            _ => (usize::MAX, true),
+        };
+        if which != usize::MAX {
+            if up {
+                gws[which].restart().await;
+            } else {
+                gws[which].kill();
+            }
+            live[which] = up;
+        }
+        // Cut every LISTEN connection, then revoke at once: the notification may be lost, the
+        // reconnection must catch up.
+        pg.exec(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'",
+        )
+        .await;
+        let (victim, revoked_at, reach) =
+            revocation_reach(&gws, &live, "revoked@example.com", CHAOS_TTL * 2).await;
+        probes.push(tokio::spawn(probe_revoked(
+            target.clone(),
+            victim,
+            revoked_at,
+            CHAOS_TTL,
+            Duration::from_millis(250),
+            stop.clone(),
+            tally.clone(),
+        )));
+        for t in reach {
+            match t {
+                Some(t) if t <= Duration::from_secs(1) => reach_times.push(t),
+                other => slow.push(format!("round {round}: {other:?}")),
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let ran = started.elapsed();
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    for p in probes {
+        p.await.unwrap();
+    }
+    tally.print("three instances under chaos");
+    reach_times.sort();
+    println!(
+        "  load ran {ran:?}; revocations measured: {} within 1 s (max {:?}), {} late",
+        reach_times.len(),
+        reach_times.last(),
+        slow.len()
+    );
+    tally.assert_none_wrong();
+    assert!(slow.is_empty(), "revocations late or never seen: {slow:?}");
+    for c in &mut clients {
+        c.still_works(&target, Duration::from_secs(2)).await;
+    }
 }

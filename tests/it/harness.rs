@@ -362,6 +362,29 @@ pub struct Gateway {
     pub keys_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: reqwest::Client,
+    /// Extra environment, kept for `restart`.
+    env: Vec<(String, String)>,
+}
+
+/// Starts `portcullis serve` with `config`, run in `dir`, appending to `dir/gateway.log`.
+fn spawn_serve(dir: &Path, config: &Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start portcullis")
 }
 
 /// The config file a test gateway runs with.
@@ -477,21 +500,10 @@ impl Gateway {
             config_text(&opts, port, admin_port, &db_url, &keys),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.args(["--config", config_path.to_str().unwrap(), "serve"])
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start portcullis");
+        let child = spawn_serve(dir.path(), &config_path, &opts.env);
         let mut gw = Gateway {
             child: Some(child),
+            env: opts.env,
             port,
             admin_port,
             db_url,
@@ -543,6 +555,22 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing drains, connections are cut) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the process again on the same config and ports (after `kill`) and waits until it
+    /// is ready.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running gateway");
+        self.child = Some(spawn_serve(self.dir.path(), &self.config_path, &self.env));
+        self.wait_ready().await;
     }
 
     /// Sends a signal by name (`HUP`, `TERM`).
@@ -1103,6 +1131,15 @@ impl PrivatePg {
     /// URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL in the `postgres` database.
+    pub async fn exec(&self, sql: &str) {
+        connect(&self.url("postgres"))
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     /// The server's log (for failure messages).
