@@ -112,7 +112,11 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let store = Store::new(&config.database.url, config.database.pool_size)?;
+    let store = Store::with_acquire_timeout(
+        &config.database.url,
+        config.database.pool_size,
+        Duration::from_millis(config.database.acquire_timeout_ms),
+    )?;
     let tokens = Arc::new(TokenService::new(&config.tokens)?);
     let hasher = Hasher::new(&config.passwords)?;
     let auth = AuthService::new(&config, store.clone(), tokens.clone(), hasher)?;

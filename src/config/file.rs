@@ -212,6 +212,10 @@ pub struct Database {
     pub url: String,
     /// Maximum pooled connections per instance.
     pub pool_size: usize,
+    /// How long a request waits for a pooled connection before it fails as "database
+    /// unavailable" (503): bounds the queue when every connection is busy, so clients get a
+    /// prompt answer with `Retry-After` instead of hanging.
+    pub acquire_timeout_ms: u64,
     /// Create the database and apply migrations on `serve`.
     pub auto_migrate: bool,
 }
@@ -221,6 +225,7 @@ impl Default for Database {
         Database {
             url: "postgres://postgres@127.0.0.1:5432/portcullis".to_string(),
             pool_size: 16,
+            acquire_timeout_ms: 5000,
             auto_migrate: true,
         }
     }

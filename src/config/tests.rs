@@ -177,6 +177,16 @@ fn a_non_postgres_database_url_is_an_error() {
 }
 
 #[test]
+fn a_zero_acquire_timeout_is_an_error() {
+    // 0 would fail every request that finds the pool busy, even for a moment.
+    let p = problems(&shipped_with(
+        "acquire_timeout_ms = 5000",
+        "acquire_timeout_ms = 0",
+    ));
+    assert_eq!(p[0].key, "database.acquire_timeout_ms", "{p:?}");
+}
+
+#[test]
 fn several_problems_are_all_reported() {
     let text =
         shipped_with("threads = 2 ", "threads = 0 ").replace("pool_size = 16", "pool_size = 0");

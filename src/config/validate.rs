@@ -192,6 +192,7 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         );
     }
     r.at_least("database", "pool_size", db.pool_size as u64, 1);
+    r.at_least("database", "acquire_timeout_ms", db.acquire_timeout_ms, 1);
 
     let t = &config.tokens;
     for (key, v) in [("issuer", &t.issuer), ("audience", &t.audience)] {

@@ -44,6 +44,12 @@ impl RevocationEvent {
 /// revocation, and `All` whenever a connection is (re-)established, since notifications sent
 /// while disconnected are lost.
 ///
+/// The backoff starts over after every connection that got as far as LISTEN: only failed
+/// attempts in a row (the database down) slow the retries. Otherwise each lost connection —
+/// a terminated backend, a failover — would wait longer than the last, and after a few the
+/// reconnection (and with it the `All` that catches up on missed revocations) would take
+/// more than the 1 s within which a revocation must reach every instance.
+///
 /// Losing the connection does not clear the cache: while the database is unreachable, cached
 /// statuses (at most `cache_ttl_secs` old) are what keeps signed-in users served (API.md §4.2
 /// item 7). What was missed meanwhile is dropped as soon as LISTEN is back.
@@ -51,11 +57,16 @@ pub async fn listen_for_revocations<F>(url: String, on_event: F)
 where
     F: Fn(RevocationEvent) + Send + Sync,
 {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST_BACKOFF;
     loop {
-        match listen_once(&url, &on_event).await {
+        let mut listened = false;
+        match listen_once(&url, &on_event, &mut listened).await {
             Ok(()) => tracing::warn!("revocation LISTEN connection closed; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "revocation LISTEN connection failed; retrying"),
+        }
+        if listened {
+            backoff = FIRST_BACKOFF;
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -65,7 +76,12 @@ where
     }
 }
 
-async fn listen_once<F>(url: &str, on_event: &F) -> Result<(), tokio_postgres::Error>
+/// One LISTEN connection until it ends; sets `listened` once LISTEN has succeeded.
+async fn listen_once<F>(
+    url: &str,
+    on_event: &F,
+    listened: &mut bool,
+) -> Result<(), tokio_postgres::Error>
 where
     F: Fn(RevocationEvent),
 {
@@ -96,6 +112,7 @@ where
         .batch_execute(&format!("LISTEN {REVOCATION_CHANNEL}"))
         .await?;
     tracing::info!("listening for revocations");
+    *listened = true;
     on_event(RevocationEvent::All);
     let result = loop {
         match rx.recv().await {

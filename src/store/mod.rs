@@ -92,9 +92,25 @@ pub struct PoolUsage {
 }
 
 impl Store {
-    /// Builds the pool without connecting: connections are opened lazily on the runtime that
-    /// first uses them (Pingora owns its runtimes).
+    /// How long `new` lets a caller wait for a pooled connection (`database.acquire_timeout_ms`
+    /// overrides it for the gateway).
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Builds the pool without connecting, waiting at most [`Self::DEFAULT_ACQUIRE_TIMEOUT`]
+    /// for a connection (for the CLI, which never queues behind itself).
     pub fn new(url: &str, pool_size: usize) -> Result<Store, StoreError> {
+        Store::with_acquire_timeout(url, pool_size, Self::DEFAULT_ACQUIRE_TIMEOUT)
+    }
+
+    /// Builds the pool without connecting: connections are opened lazily on the runtime that
+    /// first uses them (Pingora owns its runtimes). A caller that finds every connection busy
+    /// waits at most `acquire_timeout`, then gets `Unavailable` (answered 503 with
+    /// `Retry-After`), so a saturated or stuck pool queues requests to a bound, not forever.
+    pub fn with_acquire_timeout(
+        url: &str,
+        pool_size: usize,
+        acquire_timeout: Duration,
+    ) -> Result<Store, StoreError> {
         let pg =
             tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
         let manager = Manager::from_config(
@@ -108,7 +124,7 @@ impl Store {
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
             .timeouts(Timeouts {
-                wait: Some(Duration::from_secs(5)),
+                wait: Some(acquire_timeout),
                 create: Some(Duration::from_secs(2)),
                 recycle: Some(Duration::from_secs(2)),
             })

@@ -322,6 +322,14 @@ pub struct Options {
     pub server: String,
     /// The plain listener's port, when the test must know it before the start.
     pub port: Option<u16>,
+    /// A database URL to use instead of a fresh copy of the template on the shared server:
+    /// a [`PrivatePg`]'s, for tests that stop or starve the database (the gateway's
+    /// `auto_migrate` creates and migrates it).
+    pub database: Option<String>,
+    /// `database.pool_size`.
+    pub pool_size: usize,
+    /// Extra keys for the `[database]` table (e.g. `acquire_timeout_ms`).
+    pub database_extra: String,
 }
 
 impl Options {
@@ -336,6 +344,9 @@ impl Options {
             env: Vec::new(),
             server: String::new(),
             port: None,
+            database: None,
+            pool_size: 8,
+            database_extra: String::new(),
         }
     }
 }
@@ -351,6 +362,29 @@ pub struct Gateway {
     pub keys_dir: PathBuf,
     pub config_path: PathBuf,
     pub http: reqwest::Client,
+    /// Extra environment, kept for `restart`.
+    env: Vec<(String, String)>,
+}
+
+/// Starts `portcullis serve` with `config`, run in `dir`, appending to `dir/gateway.log`.
+fn spawn_serve(dir: &Path, config: &Path, env: &[(String, String)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["--config", config.to_str().unwrap(), "serve"])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("start portcullis")
 }
 
 /// The config file a test gateway runs with.
@@ -397,7 +431,8 @@ upgrade_sock = "upgrade.sock"
 
 [database]
 url = "{db_url}"
-pool_size = 8
+pool_size = {pool_size}
+{database_extra}
 
 [tokens]
 keys_dir = "{keys}"
@@ -428,13 +463,18 @@ read_timeout_ms = 1000
         rate_limit = opts.rate_limit,
         upstream = opts.upstream,
         extra = opts.extra,
+        pool_size = opts.pool_size,
+        database_extra = opts.database_extra,
     )
 }
 
 impl Gateway {
-    /// Starts a gateway on a fresh database.
+    /// Starts a gateway on a fresh database, or on `opts.database` when set.
     pub async fn start(opts: Options) -> Gateway {
-        let db = fresh_db().await;
+        let db = match &opts.database {
+            Some(url) => url.clone(),
+            None => fresh_db().await,
+        };
         Gateway::start_on(opts, db).await
     }
 
@@ -460,21 +500,10 @@ impl Gateway {
             config_text(&opts, port, admin_port, &db_url, &keys),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.args(["--config", config_path.to_str().unwrap(), "serve"])
-            .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "info")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        for (k, v) in &opts.env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start portcullis");
+        let child = spawn_serve(dir.path(), &config_path, &opts.env);
         let mut gw = Gateway {
             child: Some(child),
+            env: opts.env,
             port,
             admin_port,
             db_url,
@@ -531,6 +560,22 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing drains, connections are cut) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts the process again on the same config and ports (after `kill`) and waits until it
+    /// is ready.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running gateway");
+        self.child = Some(spawn_serve(self.dir.path(), &self.config_path, &self.env));
+        self.wait_ready().await;
     }
 
     /// Sends a signal by name (`HUP`, `TERM`).
@@ -903,4 +948,217 @@ pub async fn two_gateways(opts: impl Fn() -> Options) -> (Gateway, Gateway, temp
     let b = gateways.pop().unwrap();
     let a = gateways.pop().unwrap();
     (a, b, keys)
+}
+
+/// The newest installed PostgreSQL's `bin/` (Debian layout), or `PG_BIN`.
+fn pg_bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries in /usr/lib/postgresql (or set PG_BIN)")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    let v = versions
+        .last()
+        .expect("a version under /usr/lib/postgresql");
+    PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
+}
+
+/// PostgreSQL refuses to run as root: as root, its tools run as the `postgres` OS user.
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command running the PostgreSQL tool `tool` as a user PostgreSQL accepts.
+fn pg_command(tool: &str) -> Command {
+    let path = pg_bin_dir().join(tool);
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(path);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+/// Runs `cmd` and fails the test with its output when it fails.
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes `path` (recursively) belong to the user PostgreSQL runs as.
+fn give_to_postgres(path: &Path) {
+    if running_as_root() {
+        run_ok(
+            Command::new("chown").args(["-R", "postgres:"]).arg(path),
+            "chown",
+        );
+    }
+}
+
+/// An initdb'd data directory (trust auth, superuser `postgres`), made once and kept under the
+/// target directory, so that each private instance costs a copy rather than an initdb.
+fn pg_template_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let bin = pg_bin_dir();
+        let version = bin
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("pg-template-{version}"));
+        if target.join("PG_VERSION").exists() {
+            return target;
+        }
+        let work = tempfile::tempdir().unwrap();
+        give_to_postgres(work.path());
+        let data = work.path().join("data");
+        run_ok(
+            pg_command("initdb").arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]),
+            "initdb",
+        );
+        // Copied in under a private name, then renamed: concurrent test processes never see a
+        // half-written template (the loser of the rename drops its copy).
+        let staging = target.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        run_ok(
+            Command::new("cp").arg("-a").arg(&data).arg(&staging),
+            "copy the PostgreSQL template",
+        );
+        if std::fs::rename(&staging, &target).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        assert!(
+            target.join("PG_VERSION").exists(),
+            "no template at {target:?}"
+        );
+        target
+    })
+}
+
+/// A PostgreSQL server of the test's own — data directory, port and unix-socket directory in a
+/// temp dir — that the test may stop, crash and restart without disturbing the shared server
+/// other tests use. Stopped (immediately) and deleted on drop.
+pub struct PrivatePg {
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivatePg {
+    /// Copies the template data directory, configures it for speed over durability (nothing
+    /// here must survive a machine crash; a process crash keeps every commit, since WAL is
+    /// still written synchronously to the OS) and starts it.
+    pub fn start() -> PrivatePg {
+        let template = pg_template_dir();
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        run_ok(
+            Command::new("cp").arg("-a").arg(template).arg(&data),
+            "copy the PostgreSQL template",
+        );
+        let sock = dir.path().join("sock");
+        std::fs::create_dir(&sock).unwrap();
+        let port = free_port();
+        use std::io::Write as _;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        write!(
+            conf,
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+             fsync = off\nfull_page_writes = off\nshared_buffers = 16MB\nmax_connections = 60\n\
+             log_min_messages = warning\n",
+            sock.display()
+        )
+        .unwrap();
+        drop(conf);
+        give_to_postgres(dir.path());
+        let pg = PrivatePg { port, dir };
+        pg.up();
+        pg
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = pg_command("pg_ctl");
+        cmd.arg("-D").arg(self.dir.path().join("data")).args(args);
+        cmd
+    }
+
+    /// Starts the server (after `crash`/`stop`), waiting until it accepts connections.
+    pub fn up(&self) {
+        run_ok(
+            self.pg_ctl(&["-w", "-t", "60", "-l"])
+                .arg(self.dir.path().join("postgres.log"))
+                .arg("start"),
+            "pg_ctl start",
+        );
+    }
+
+    /// Kills the server the way a crash does (`-m immediate`): connections cut, no checkpoint;
+    /// the next start runs crash recovery.
+    pub fn crash(&self) {
+        run_ok(
+            &mut self.pg_ctl(&["-w", "-m", "immediate", "stop"]),
+            "pg_ctl stop -m immediate",
+        );
+    }
+
+    /// Stops the server the way an operator does (`-m fast`): sessions terminated, a clean
+    /// shutdown checkpoint.
+    pub fn stop(&self) {
+        run_ok(
+            &mut self.pg_ctl(&["-w", "-m", "fast", "stop"]),
+            "pg_ctl stop -m fast",
+        );
+    }
+
+    /// URL of database `db` on this server.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL in the `postgres` database.
+    pub async fn exec(&self, sql: &str) {
+        connect(&self.url("postgres"))
+            .await
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The server's log (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self
+            .pg_ctl(&["-w", "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

@@ -8,6 +8,7 @@ mod foundation;
 mod acme;
 mod auth;
 mod deploy;
+mod faults;
 mod limits;
 mod logs;
 mod oidc;
