@@ -83,7 +83,7 @@ fn pingora_conf(config: &Config) -> ServerConf {
         upgrade_sock: config.server.upgrade_sock.clone(),
         grace_period_seconds: Some(config.server.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace_secs),
-        work_stealing: true,
+        work_stealing: config.server.work_stealing,
         ..ServerConf::default()
     }
 }

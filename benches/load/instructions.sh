@@ -6,8 +6,8 @@
 #
 #   bash benches/load/instructions.sh [--requests-secs S]   (needs wrk, valgrind, PostgreSQL)
 #
-# Prints instructions per request for a public route and a protected (JWT + revocation cache)
-# route. The whole process is counted (Pingora, our phases, the allocator, the kernel boundary
+# Prints instructions and allocator calls (malloc, calloc, realloc, aligned allocations) per
+# request for a public route and a protected (JWT + revocation cache) route. The whole process is counted (Pingora, our phases, the allocator, the kernel boundary
 # excluded): compare runs of this script, not with other tools.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -91,7 +91,32 @@ measure() { # name path [header]
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   file=$(ls -t "$dir"/cg.out* | head -1)
   ir=$(awk '/^totals:/ {print $2; exit}' "$file")
-  echo "$name: $((ir / n)) instructions/request ($n requests)"
+  allocs=$(python3 - "$file" <<'PY'
+# Calls into the allocators recorded in a callgrind dump (mimalloc behind Rust's global
+# allocator, glibc malloc for C code): each `cfn=` naming an entry point is followed by a
+# `calls=N ...` line.
+import re, sys
+ENTRY_POINTS = {
+    "mi_malloc", "mi_zalloc", "mi_calloc", "mi_realloc", "mi_malloc_aligned",
+    "mi_zalloc_aligned", "mi_realloc_aligned", "malloc", "calloc", "realloc",
+    "posix_memalign", "aligned_alloc",
+}
+names, total, target = {}, 0, None
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+    if m:
+        if m.group(2):
+            names[m.group(1)] = m.group(2).strip()
+        target = names.get(m.group(1)) if line.startswith("cfn=") else None
+        continue
+    if target and line.startswith("calls="):
+        if target.split("'")[0] in ENTRY_POINTS:
+            total += int(line.split()[0][6:])
+        target = None
+print(total)
+PY
+)
+  echo "$name: $((ir / n)) instructions/request, $(python3 -c "print(f'{$allocs / $n:.1f}')") allocations/request ($n requests)"
 }
 
 measure public /public/x

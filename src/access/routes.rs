@@ -6,12 +6,13 @@
 //! equal to a prefix without its trailing slash (`/api/admin`) gets that route's rules.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
 use crate::config::{AuthMode, Route};
 use crate::model::Role;
+use crate::telemetry::StatusCounters;
 
 /// One compiled route.
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct RouteEntry {
     pub forward_token: bool,
     /// Idle timeout of a WebSocket tunnel on this route.
     pub websocket_idle_timeout: std::time::Duration,
+    /// The proxy's request counters for this route, resolved on its first request so that
+    /// counting never hashes label values (a reload builds new routes, fresh handles to the
+    /// same series).
+    pub requests: OnceLock<StatusCounters>,
 }
 
 impl RouteEntry {
@@ -148,6 +153,7 @@ impl Routes {
                     websocket_idle_timeout: std::time::Duration::from_secs(
                         r.websocket_idle_timeout_secs,
                     ),
+                    requests: OnceLock::new(),
                 })
             })
             .collect();

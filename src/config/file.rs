@@ -85,6 +85,10 @@ pub struct Server {
     pub admin_listen: SocketAddr,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Let idle worker threads steal queued tasks from busy ones. Off, each connection's work
+    /// stays on the thread that accepted it: no cross-thread wake-ups, fewer cache misses on
+    /// small requests (measured in the README's benchmarks).
+    pub work_stealing: bool,
     /// CIDRs (or single addresses) whose `X-Forwarded-For` is believed.
     #[serde(deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -124,6 +128,7 @@ impl Default for Server {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             threads: 2,
+            work_stealing: false,
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 5,
             allow_path_parameters: false,

@@ -176,7 +176,7 @@ async fn dispatch(
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(512).collect()),
-        request_id: Some(rid.clone()),
+        request_id: Some(rid.to_string()),
     };
     match endpoint {
         Endpoint::Jwks => Ok(respond::json(session, 200, &auth.tokens().jwks(), false, &rid).await),

@@ -142,7 +142,7 @@ impl Edge {
         });
         let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let location = redirect::https_location(authority, port, target);
-        ctx.request_id = forward::request_id(req);
+        ctx.request_id = forward::RequestId::of(req);
         ctx.status = match location {
             Some(location) => {
                 respond::permanent_redirect(session, &location, &ctx.request_id).await

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::Result;
 use pingora::http::RequestHeader;
@@ -104,7 +104,7 @@ impl Forwarding {
         &self,
         req: &mut RequestHeader,
         identity: Option<&Claims>,
-        request_id: &str,
+        request_id: &RequestId,
         peer: Option<IpAddr>,
         forward_token: bool,
         tls: bool,
@@ -145,7 +145,7 @@ impl Forwarding {
             req.insert_header(self.session_id.clone(), c.sid.to_string())?;
             req.insert_header(self.email.clone(), c.email.as_str())?;
         }
-        req.insert_header("X-Request-Id", request_id)?;
+        req.insert_header("X-Request-Id", request_id.header())?;
         if let Some(peer) = peer {
             let existing: Vec<String> = req
                 .headers
@@ -331,19 +331,91 @@ pub fn head_bytes(req: &RequestHeader) -> usize {
         + target
 }
 
-/// The client's `X-Request-Id` when it is a sane token, else a fresh UUID.
-pub fn request_id(req: &RequestHeader) -> String {
-    req.headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+/// A request's `X-Request-Id`: the client's value when it is a sane token (shared with the
+/// request head, not copied), else a fresh UUID formatted without a temporary `String`. The
+/// upstream request and the response get clones of the same header value.
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// The client's id when sane, else a fresh one.
+    pub fn of(req: &RequestHeader) -> RequestId {
+        match req.headers.get("x-request-id") {
+            Some(v)
+                if !v.is_empty()
+                    && v.len() <= 128
+                    && v.as_bytes().iter().all(u8::is_ascii_graphic) =>
+            {
+                RequestId(v.clone())
+            }
+            _ => RequestId::generate(),
+        }
+    }
+
+    /// A fresh random id.
+    pub fn generate() -> RequestId {
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        // Hex digits and hyphens: always a valid value.
+        RequestId(HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-")))
+    }
+
+    /// The header value, for the upstream request and the response.
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl Default for RequestId {
+    /// Empty until the request head has been read.
+    fn default() -> RequestId {
+        RequestId(HeaderValue::from_static(""))
+    }
+}
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only visible ASCII gets in (checked above, or a UUID).
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rid() -> RequestId {
+        RequestId(HeaderValue::from_static("rid"))
+    }
+
+    #[test]
+    fn request_ids_keep_a_sane_client_value_and_replace_the_rest() {
+        let with = |v: &str| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.insert_header("X-Request-Id", v).unwrap();
+            RequestId::of(&req).to_string()
+        };
+        assert_eq!(with("abc-123"), "abc-123");
+        for bad in ["", "has space", &"x".repeat(129)] {
+            let id = with(bad);
+            assert_ne!(id, bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+        let none = RequestId::of(&RequestHeader::build("GET", b"/", None).unwrap());
+        assert_eq!(none.header().to_str().unwrap(), &*none);
+        assert_ne!(
+            RequestId::generate().to_string(),
+            RequestId::generate().to_string()
+        );
+    }
 
     fn forwarding(trusted: &[&str]) -> Forwarding {
         let mut config = Config::default();
@@ -403,7 +475,8 @@ mod tests {
         ws.insert_header("Upgrade", "WebSocket").unwrap();
         ws.insert_header("Sec-WebSocket-Key", "k").unwrap();
         assert!(is_websocket(&ws));
-        f.rewrite(&mut ws, None, "rid", None, false, false).unwrap();
+        f.rewrite(&mut ws, None, &rid(), None, false, false)
+            .unwrap();
         assert_eq!(ws.headers["upgrade"], "WebSocket");
         assert_eq!(ws.headers["connection"], "upgrade");
         assert_eq!(ws.headers["sec-websocket-key"], "k");
@@ -413,7 +486,7 @@ mod tests {
             .unwrap();
         h2c.insert_header("Upgrade", "h2c").unwrap();
         assert!(!is_websocket(&h2c));
-        f.rewrite(&mut h2c, None, "rid", None, false, false)
+        f.rewrite(&mut h2c, None, &rid(), None, false, false)
             .unwrap();
         assert!(!h2c.headers.contains_key("upgrade"));
         assert!(!h2c.headers.contains_key("connection"));
@@ -454,11 +527,11 @@ mod tests {
         assert_eq!(f.client_ip(Some(stranger), &req), Some(stranger));
 
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(stranger), false, false)
+        f.rewrite(&mut up, None, &rid(), Some(stranger), false, false)
             .unwrap();
         assert_eq!(up.headers["x-forwarded-for"], "198.51.100.7");
         let mut up = req.clone();
-        f.rewrite(&mut up, None, "rid", Some(trusted_peer), false, false)
+        f.rewrite(&mut up, None, &rid(), Some(trusted_peer), false, false)
             .unwrap();
         assert_eq!(
             up.headers["x-forwarded-for"],
@@ -482,7 +555,7 @@ mod tests {
             (proxy, false, "https", "evil.example"),
         ] {
             let mut up = req.clone();
-            f.rewrite(&mut up, None, "rid", Some(peer), false, tls)
+            f.rewrite(&mut up, None, &rid(), Some(peer), false, tls)
                 .unwrap();
             assert_eq!(up.headers["x-forwarded-proto"], proto, "{peer} {tls}");
             assert_eq!(up.headers["x-forwarded-host"], host, "{peer} {tls}");
@@ -490,7 +563,7 @@ mod tests {
         // A trusted proxy that sent neither: the gateway's view.
         let mut bare = RequestHeader::build("GET", b"/", None).unwrap();
         bare.insert_header("Host", "app.example").unwrap();
-        f.rewrite(&mut bare, None, "rid", Some(proxy), false, true)
+        f.rewrite(&mut bare, None, &rid(), Some(proxy), false, true)
             .unwrap();
         assert_eq!(bare.headers["x-forwarded-proto"], "https");
         assert_eq!(bare.headers["x-forwarded-host"], "app.example");
@@ -517,7 +590,7 @@ mod tests {
             exp: 0,
             email: "e@x.io".into(),
         };
-        f.rewrite(&mut req, Some(&claims), "rid", None, false, false)
+        f.rewrite(&mut req, Some(&claims), &rid(), None, false, false)
             .unwrap();
         assert_eq!(
             req.headers["x-auth-user-id"],

@@ -27,7 +27,7 @@ use crate::access::{self, Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuar
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
-use crate::telemetry::{Metrics, access as access_log};
+use crate::telemetry::{Metrics, StatusCounters, access as access_log};
 use crate::tokens::Claims;
 use respond::ApiError;
 use upstream::{UpstreamError, UpstreamPool, build_pools};
@@ -79,6 +79,8 @@ pub struct Shared {
     pub forwarding: forward::Forwarding,
     /// Fixed at start: HSTS and the https redirect (`[server.tls]`).
     pub edge: edge::Edge,
+    /// Request counters of the [`Pseudo`] labels, by `Pseudo as usize`.
+    pseudo_requests: [StatusCounters; 3],
 }
 
 impl std::fmt::Debug for Shared {
@@ -101,10 +103,34 @@ impl Shared {
             live: ArcSwap::from_pointee(live),
             auth,
             authorizer,
+            pseudo_requests: Pseudo::ALL.map(|p| metrics.status_counters(p.label())),
             metrics,
             store,
             forwarding: forward::Forwarding::new(config),
             edge: edge::Edge::new(config),
+        }
+    }
+}
+
+/// What a request answered by the gateway itself (no route) is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pseudo {
+    /// No route matched, or the request was refused before routing.
+    None,
+    /// The gateway's own `/auth`.
+    Auth,
+    /// An ACME HTTP-01 challenge.
+    Acme,
+}
+
+impl Pseudo {
+    const ALL: [Pseudo; 3] = [Pseudo::None, Pseudo::Auth, Pseudo::Acme];
+
+    fn label(self) -> &'static str {
+        match self {
+            Pseudo::None => "none",
+            Pseudo::Auth => "/auth",
+            Pseudo::Acme => ACME_CHALLENGE_PREFIX,
         }
     }
 }
@@ -114,10 +140,9 @@ impl Shared {
 pub struct Ctx {
     started: Instant,
     /// `X-Request-Id` (the client's or a fresh one).
-    pub request_id: String,
-    /// Metrics label: route prefix, `/auth`, or `none`.
-    /// `/auth` or `none` when no route matched (else the route's prefix is the label).
-    route_label: &'static str,
+    pub request_id: forward::RequestId,
+    /// Metrics and log label when no route matched (else the route's prefix is the label).
+    pseudo: Pseudo,
     route: Option<Arc<RouteEntry>>,
     pool: Option<Arc<UpstreamPool>>,
     identity: Option<Arc<Claims>>,
@@ -184,7 +209,7 @@ impl Gateway {
             Err(e) => return Some(Decision::Reject(e.into())),
         };
         let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
-        ctx.route_label = "/.well-known/acme-challenge/";
+        ctx.pseudo = Pseudo::Acme;
         Some(match shared.store.acme_challenge(token).await {
             Ok(Some(answer)) => {
                 ctx.status = respond::text(session, answer, &ctx.request_id).await;
@@ -212,7 +237,7 @@ impl Gateway {
                 "the request headers are too large",
             ));
         }
-        ctx.request_id = forward::request_id(session.req_header());
+        ctx.request_id = forward::RequestId::of(session.req_header());
         ctx.peer_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -247,7 +272,7 @@ impl Gateway {
                 access::Decision::BadPath(e) => return Decision::Reject(e.into()),
                 access::Decision::Auth { path } => {
                     drop(live);
-                    ctx.route_label = "/auth";
+                    ctx.pseudo = Pseudo::Auth;
                     ctx.status = auth_api::handle(shared, session, ctx, &path).await;
                     return Decision::Responded;
                 }
@@ -257,11 +282,7 @@ impl Gateway {
                 access::Decision::Deny { route, denial, .. } => {
                     ctx.deny_reason = Some(denial.reason());
                     ctx.route = Some(route);
-                    shared
-                        .metrics
-                        .access_denied
-                        .with_label_values(&[denial.reason()])
-                        .inc();
+                    shared.metrics.denied(denial.reason());
                     return Decision::Reject(denial.into());
                 }
                 access::Decision::Forward {
@@ -271,15 +292,8 @@ impl Gateway {
                 } => {
                     if let Some(auth) = identity {
                         if let Some(lookup) = auth.lookup {
-                            let label = match lookup {
-                                crate::access::Lookup::Hit => "hit",
-                                crate::access::Lookup::Miss => "miss",
-                            };
-                            shared
-                                .metrics
-                                .revocation_cache
-                                .with_label_values(&[label])
-                                .inc();
+                            let hit = lookup == crate::access::Lookup::Hit;
+                            shared.metrics.revocation_lookup(hit);
                         }
                         ctx.identity = Some(auth.claims);
                     }
@@ -319,8 +333,8 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Ctx {
         Ctx {
             started: Instant::now(),
-            request_id: String::new(),
-            route_label: "none",
+            request_id: forward::RequestId::default(),
+            pseudo: Pseudo::None,
             route: None,
             pool: None,
             identity: None,
@@ -355,7 +369,7 @@ impl ProxyHttp for Gateway {
             Decision::Responded => Ok(true),
             Decision::Reject(err) => {
                 if ctx.request_id.is_empty() {
-                    ctx.request_id = uuid::Uuid::new_v4().to_string();
+                    ctx.request_id = forward::RequestId::generate();
                 }
                 if matches!(err.status, 400 | 431) {
                     session.set_keepalive(None);
@@ -447,7 +461,7 @@ impl ProxyHttp for Gateway {
             // or its next request races the close.
             session.set_keepalive(None);
         }
-        upstream_response.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        upstream_response.insert_header("X-Request-Id", ctx.request_id.header())?;
         Ok(())
     }
 
@@ -513,7 +527,7 @@ impl ProxyHttp for Gateway {
             Some(err) => {
                 ctx.deny_reason.get_or_insert(err.code);
                 if ctx.request_id.is_empty() {
-                    ctx.request_id = uuid::Uuid::new_v4().to_string();
+                    ctx.request_id = forward::RequestId::generate();
                 }
                 // The connection is not reused after a failed proxy attempt (below); say so,
                 // or a keep-alive client sends its next request into a closing socket.
@@ -541,19 +555,23 @@ impl ProxyHttp for Gateway {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let metrics = &self.shared.metrics;
-        let label = ctx
-            .route
-            .as_ref()
-            .map_or(ctx.route_label, |r| r.prefix.as_str());
-        metrics
-            .requests
-            .with_label_values(&[label, &status.to_string()])
-            .inc();
+        let label = match &ctx.route {
+            Some(route) => {
+                route
+                    .requests
+                    .get_or_init(|| metrics.status_counters(&route.prefix))
+                    .inc(status);
+                route.prefix.as_str()
+            }
+            None => {
+                self.shared.pseudo_requests[ctx.pseudo as usize].inc(status);
+                ctx.pseudo.label()
+            }
+        };
         let upstream_secs = ctx.upstream_started.map(|s| s.elapsed().as_secs_f64());
         if let (Some(secs), Some(pool)) = (upstream_secs, ctx.pool.as_ref()) {
-            metrics
-                .upstream_duration
-                .with_label_values(&[pool.name.as_str()])
+            pool.latency
+                .get_or_init(|| metrics.upstream_histogram(&pool.name))
                 .observe(secs);
         }
         let live = self.shared.live.load();

@@ -2,8 +2,8 @@
 //! health checks run by one background task over whatever pools the current config has.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pingora::http::RequestHeader;
@@ -11,6 +11,7 @@ use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use prometheus::Histogram;
 
 use crate::config::Upstream;
 
@@ -31,6 +32,8 @@ pub struct UpstreamPool {
     read_timeout: Duration,
     health_interval: Option<Duration>,
     last_check_ms: AtomicI64,
+    /// This pool's `upstream_duration` series, resolved on first use.
+    pub latency: OnceLock<Histogram>,
 }
 
 impl std::fmt::Debug for UpstreamPool {
@@ -76,6 +79,7 @@ impl UpstreamPool {
             read_timeout: Duration::from_millis(cfg.read_timeout_ms),
             health_interval,
             last_check_ms: AtomicI64::new(0),
+            latency: OnceLock::new(),
         })
     }
 

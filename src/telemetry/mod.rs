@@ -2,9 +2,56 @@
 
 pub mod access;
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// `portcullis_requests_total` for one route label, each status's series resolved on its first
+/// use and kept: counting a request is then one atomic add, without hashing the label values
+/// or formatting the status as `with_label_values` does on every call.
+#[derive(Clone)]
+pub struct StatusCounters {
+    vec: IntCounterVec,
+    route: String,
+    /// Statuses 100..=599, by `status - 100`.
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    fn new(vec: &IntCounterVec, route: &str) -> StatusCounters {
+        StatusCounters {
+            vec: vec.clone(),
+            route: route.to_string(),
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Counts one response with `status`.
+    pub fn inc(&self, status: u16) {
+        let series = || {
+            self.vec
+                .with_label_values(&[self.route.as_str(), itoa::Buffer::new().format(status)])
+        };
+        match usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.by_status.get(i))
+        {
+            Some(slot) => slot.get_or_init(series).inc(),
+            None => series().inc(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StatusCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusCounters")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Targets whose verbose output carries secrets, and the most verbose level each may log at,
 /// whatever `RUST_LOG` asks for: the database driver logs every statement's parameters at
@@ -112,7 +159,20 @@ pub struct Metrics {
     /// (`header_timeout`, `body_timeout`, `keepalive_timeout`, `max_connections`), so an
     /// operator sees slow or flooding clients without debug logs.
     pub client_limits: IntCounterVec,
+    /// `access_denied` series of [`DENIAL_REASONS`], in that order.
+    denials: [IntCounter; DENIAL_REASONS.len()],
+    /// `revocation_cache` series `hit` and `miss`.
+    revocation_results: [IntCounter; 2],
 }
+
+/// The documented `portcullis_access_denied_total` reasons, visible from the first scrape.
+const DENIAL_REASONS: [&str; 5] = [
+    "missing_token",
+    "invalid_token",
+    "revoked",
+    "insufficient_role",
+    "unavailable",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -212,19 +272,11 @@ impl Metrics {
         ] {
             auth_events.with_label_values(&[event]);
         }
-        for reason in [
-            "missing_token",
-            "invalid_token",
-            "revoked",
-            "insufficient_role",
-            "unavailable",
-        ] {
-            access_denied.with_label_values(&[reason]);
-        }
-        for result in ["hit", "miss"] {
-            revocation_cache.with_label_values(&[result]);
-        }
+        let denials = DENIAL_REASONS.map(|reason| access_denied.with_label_values(&[reason]));
+        let revocation_results = ["hit", "miss"].map(|r| revocation_cache.with_label_values(&[r]));
         Ok(Metrics {
+            denials,
+            revocation_results,
             registry,
             requests,
             upstream_duration,
@@ -235,6 +287,30 @@ impl Metrics {
             connection_errors,
             client_limits,
         })
+    }
+
+    /// Request counters of one route (or pseudo-route) label, for the request path to keep.
+    pub fn status_counters(&self, route: &str) -> StatusCounters {
+        StatusCounters::new(&self.requests, route)
+    }
+
+    /// The upstream-duration histogram of one pool, for the pool to keep.
+    pub fn upstream_histogram(&self, upstream: &str) -> Histogram {
+        self.upstream_duration.with_label_values(&[upstream])
+    }
+
+    /// Counts one revocation-cache lookup (handles resolved at start).
+    pub fn revocation_lookup(&self, hit: bool) {
+        let i = usize::from(!hit);
+        self.revocation_results[i].inc();
+    }
+
+    /// Counts one denial by its reason (the documented reasons resolved at start).
+    pub fn denied(&self, reason: &str) {
+        match DENIAL_REASONS.iter().position(|r| *r == reason) {
+            Some(i) => self.denials[i].inc(),
+            None => self.access_denied.with_label_values(&[reason]).inc(),
+        }
     }
 
     /// Counts one auth event.
@@ -254,8 +330,44 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    use super::may_log;
+    use super::{Metrics, may_log};
     use tracing::Level;
+
+    fn value(metrics: &Metrics, series: &str) -> Option<f64> {
+        metrics.render().lines().find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().unwrap())
+        })
+    }
+
+    #[test]
+    fn kept_handles_count_into_the_same_series_as_label_lookups() {
+        let m = Metrics::new().unwrap();
+        let route = m.status_counters("/api/");
+        route.inc(200);
+        route.inc(200);
+        route.inc(99); // outside 100..=599: counted through the label lookup
+        m.status_counters("/api/").inc(200); // a reload's fresh handles, same series
+        m.requests.with_label_values(&["/api/", "404"]).inc();
+        let series =
+            |s: &str| format!("portcullis_requests_total{{route=\"/api/\",status=\"{s}\"}}");
+        assert_eq!(value(&m, &series("200")), Some(3.0));
+        assert_eq!(value(&m, &series("99")), Some(1.0));
+        assert_eq!(value(&m, &series("404")), Some(1.0));
+
+        m.denied("revoked");
+        m.denied("something_new");
+        m.revocation_lookup(true);
+        m.revocation_lookup(false);
+        m.revocation_lookup(false);
+        let denied = |r: &str| format!("portcullis_access_denied_total{{reason=\"{r}\"}}");
+        assert_eq!(value(&m, &denied("revoked")), Some(1.0));
+        assert_eq!(value(&m, &denied("something_new")), Some(1.0));
+        assert_eq!(value(&m, &denied("missing_token")), Some(0.0));
+        let cache = |r: &str| format!("portcullis_revocation_cache_total{{result=\"{r}\"}}");
+        assert_eq!(value(&m, &cache("hit")), Some(1.0));
+        assert_eq!(value(&m, &cache("miss")), Some(2.0));
+    }
 
     #[test]
     fn the_database_drivers_parameter_logs_never_pass() {
