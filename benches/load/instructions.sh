@@ -17,7 +17,7 @@ secs=10
 for tool in wrk valgrind callgrind_control curl python3; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
-bin=target/release/portcullis
+bin=${PORTCULLIS_BIN:-target/release/portcullis}  # PORTCULLIS_BIN: compare two builds
 [ -x "$bin" ] || cargo build --release
 
 dir=$(mktemp -d /tmp/portcullis-instr-XXXX)

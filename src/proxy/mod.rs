@@ -3,7 +3,7 @@
 
 pub mod auth_api;
 pub mod edge;
-mod forward;
+pub mod forward;
 pub mod limits;
 pub mod respond;
 pub mod services;

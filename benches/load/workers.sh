@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Pingora's runtime flavours side by side: the same release binary with
+# `server.work_stealing = false` and `true`, `server.threads = 2` on every core (nothing
+# pinned: the load generator shares the cores, as on a real two-core host), alternating rounds.
+#
+#   bash benches/load/workers.sh [--secs S] [--rounds N] [--threads T]   (needs wrk, nginx)
+#
+# Protected route (ES256 token, revocation cache hit), 64 connections, nginx as the upstream.
+# Prints req/s and p99 per round and the medians. Run on a quiet machine.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=10
+rounds=3
+threads=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --secs) secs="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+for tool in nginx wrk curl python3; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+done
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
+[ -x "$bin" ] || cargo build --release
+
+dir=$(mktemp -d /tmp/portcullis-workers-XXXX)
+pids=()
+db="portcullis_workers_$$"
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up=$(free_port)
+
+mkdir -p "$dir/nginx/logs"
+cat >"$dir/nginx/nginx.conf" <<EOF
+$( [ "$(id -u)" = 0 ] && echo "user root;" )
+worker_processes 1;
+daemon off;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/nginx/body;
+  proxy_temp_path $dir/nginx/proxy;
+  fastcgi_temp_path $dir/nginx/fastcgi;
+  uwsgi_temp_path $dir/nginx/uwsgi;
+  scgi_temp_path $dir/nginx/scgi;
+  keepalive_requests 10000000;
+  server { listen 127.0.0.1:$up backlog=4096;
+    location / { default_type application/json; return 200 '{"ok":true}\n'; } }
+}
+EOF
+nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" & pids+=($!)
+
+start() { # work_stealing -> sets gw pid, port
+  port=$(free_port); local admin; admin=$(free_port)
+  cat >"$dir/config.toml" <<EOF
+[server]
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$admin"
+threads = $threads
+work_stealing = $1
+upgrade_sock = "$dir/upgrade.sock"
+[database]
+url = "postgres://postgres@127.0.0.1:5432/$db"
+pool_size = 4
+[tokens]
+algorithm = "ES256"
+keys_dir = "$dir/keys"
+[passwords]
+argon2_memory_kib = 256
+argon2_iterations = 1
+[rate_limit]
+login_per_minute_per_ip = 0
+register_per_minute_per_ip = 0
+[[upstream]]
+name = "api"
+addrs = ["127.0.0.1:$up"]
+[[route]]
+prefix = "/api/"
+upstream = "api"
+EOF
+  RUST_LOG=warn "$bin" --config "$dir/config.toml" serve >"$dir/gateway.log" 2>&1 &
+  gw=$!
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  cat "$dir/gateway.log"; exit 1
+}
+
+body='{"email":"workers@example.com","password":"password-123"}'
+results="$dir/results.txt"
+for round in $(seq 1 "$rounds"); do
+  for steal in false true; do
+    start "$steal"
+    curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/register" >/dev/null || true
+    token=$(curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/login" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    url="http://127.0.0.1:$port/api/x"
+    wrk -t2 -c64 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
+    wrk -t2 -c64 "-d${secs}s" --latency -H "Authorization: Bearer $token" "$url" |
+      python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+print(sys.argv[1], sys.argv[2], rps, p99)' "$steal" "$round" | tee -a "$results"
+    kill "$gw"; wait "$gw" 2>/dev/null || true
+  done
+done
+python3 - "$results" "$threads" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+for steal in ("false", "true"):
+    rps = [float(r[2]) for r in rows if r[0] == steal]
+    p99 = [float(r[3]) for r in rows if r[0] == steal]
+    print(f"work_stealing = {steal:5}  threads = {sys.argv[2]}: {statistics.median(rps):,.0f} req/s "
+          f"(range {min(rps):,.0f}–{max(rps):,.0f}), p99 {statistics.median(p99):.2f} ms")
+PY
