@@ -143,6 +143,8 @@ pub struct Ctx {
     pub request_id: forward::RequestId,
     /// Metrics and log label when no route matched (else the route's prefix is the label).
     pseudo: Pseudo,
+    /// The normalized path, once the decision has it (for the access log).
+    path: Option<String>,
     route: Option<Arc<RouteEntry>>,
     pool: Option<Arc<UpstreamPool>>,
     identity: Option<Arc<Claims>>,
@@ -279,7 +281,13 @@ impl Gateway {
                 access::Decision::NoRoute { .. } => {
                     return Decision::Reject(ApiError::not_found());
                 }
-                access::Decision::Deny { route, denial, .. } => {
+                access::Decision::Deny {
+                    route,
+                    denial,
+                    path,
+                    ..
+                } => {
+                    ctx.path = Some(path);
                     ctx.deny_reason = Some(denial.reason());
                     ctx.route = Some(route);
                     shared.metrics.denied(denial.reason());
@@ -306,22 +314,24 @@ impl Gateway {
         ctx.websocket = forward::is_websocket(req);
         let upstream_path = route.upstream_path(&path);
         // Most requests arrive normalized and in origin form: forward the target untouched.
-        if req.uri.scheme().is_none()
+        let untouched = req.uri.scheme().is_none()
             && req.uri.authority().is_none()
-            && req.uri.path() == upstream_path
-        {
-            return Decision::Forward;
-        }
-        let path_and_query = match req.uri.query() {
-            Some(q) => format!("{upstream_path}?{q}"),
-            None => upstream_path.into_owned(),
-        };
-        match http::Uri::builder().path_and_query(path_and_query).build() {
-            Ok(uri) => ctx.upstream_uri = Some(uri),
-            Err(_) => {
-                return Decision::Reject(ApiError::bad_request("the request target is invalid"));
+            && req.uri.path() == upstream_path;
+        if !untouched {
+            let path_and_query = match req.uri.query() {
+                Some(q) => format!("{upstream_path}?{q}"),
+                None => upstream_path.into_owned(),
+            };
+            match http::Uri::builder().path_and_query(path_and_query).build() {
+                Ok(uri) => ctx.upstream_uri = Some(uri),
+                Err(_) => {
+                    return Decision::Reject(ApiError::bad_request(
+                        "the request target is invalid",
+                    ));
+                }
             }
         }
+        ctx.path = Some(path);
         Decision::Forward
     }
 }
@@ -335,6 +345,7 @@ impl ProxyHttp for Gateway {
             started: Instant::now(),
             request_id: forward::RequestId::default(),
             pseudo: Pseudo::None,
+            path: None,
             route: None,
             pool: None,
             identity: None,
@@ -581,7 +592,10 @@ impl ProxyHttp for Gateway {
         }
         let req = session.req_header();
         let raw = req.uri.path();
-        let normalized = crate::access::normalize_with(raw, live.path_policy).ok();
+        let normalized = match ctx.path.take() {
+            Some(p) => Some(p),
+            None => crate::access::normalize_with(raw, live.path_policy).ok(),
+        };
         access_log::write(&access_log::Record {
             request_id: &ctx.request_id,
             client_ip: ctx.client_ip.or(ctx.peer_ip).or_else(|| {
