@@ -25,7 +25,7 @@ done
 for tool in nginx wrk h2load openssl curl python3 taskset; do
   command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
 done
-bin=target/release/portcullis
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
 [ -x "$bin" ] || cargo build --release
 
 dir=$(mktemp -d /tmp/portcullis-tls-XXXX)
