@@ -72,8 +72,7 @@ conf=$(nginx_conf upstream "  server { listen 127.0.0.1:$up backlog=4096;
 taskset -c 1 nginx -p "$dir/upstream" -c "$conf" & pids+=($!)
 conf=$(nginx_conf proxy "  upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 10000000; }
   server {
-    listen 127.0.0.1:$ngx ssl backlog=4096;
-    http2 on;
+    listen 127.0.0.1:$ngx ssl http2 backlog=4096;
     ssl_certificate $dir/cert.pem;
     ssl_certificate_key $dir/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
