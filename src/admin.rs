@@ -144,6 +144,9 @@ impl ServeHttp for AdminApp {
                 m.db_pool
                     .with_label_values(&["in_use"])
                     .set(usage.in_use as i64);
+                let entries = self.shared.authorizer.revocations().entries().await;
+                m.revocation_cache_entries
+                    .set(i64::try_from(entries).unwrap_or(i64::MAX));
                 reply(200, "text/plain; version=0.0.4", m.render())
             }
             "/routes" => {

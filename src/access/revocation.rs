@@ -107,6 +107,14 @@ impl RevocationCache {
         }
     }
 
+    /// Entries currently cached, after the cache's pending housekeeping (expired entries
+    /// removed, recent inserts counted): the exact figure for the scrape-time gauge, where
+    /// [`len`](Self::len) may lag behind by the writes not yet applied.
+    pub async fn entries(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
     /// Entries currently cached (approximate).
     pub fn len(&self) -> u64 {
         self.cache.entry_count()

@@ -5,8 +5,8 @@ pub mod access;
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `portcullis_requests_total` for one route label, each status's series resolved on its first
@@ -152,6 +152,10 @@ pub struct Metrics {
     pub revocation_cache: IntCounterVec,
     /// `portcullis_db_pool_connections{state}`.
     pub db_pool: IntGaugeVec,
+    /// `portcullis_revocation_cache_entries`: sessions in the revocation cache, set at each
+    /// scrape, so an operator (and the soak test) can see the cache fill and expire instead of
+    /// guessing its memory from the hit/miss counters.
+    pub revocation_cache_entries: IntGauge,
     /// `portcullis_connection_errors_total{kind}`: client disconnects and upstream resets,
     /// logged below ERROR because they are the network's doing, not the gateway's.
     pub connection_errors: IntCounterVec,
@@ -233,6 +237,11 @@ impl Metrics {
         registry.register(Box::new(access_denied.clone()))?;
         registry.register(Box::new(revocation_cache.clone()))?;
         registry.register(Box::new(db_pool.clone()))?;
+        let revocation_cache_entries = IntGauge::new(
+            "portcullis_revocation_cache_entries",
+            "Sessions in the revocation cache, sampled at each scrape",
+        )?;
+        registry.register(Box::new(revocation_cache_entries.clone()))?;
         let connection_errors = IntCounterVec::new(
             Opts::new(
                 "portcullis_connection_errors_total",
@@ -284,6 +293,7 @@ impl Metrics {
             access_denied,
             revocation_cache,
             db_pool,
+            revocation_cache_entries,
             connection_errors,
             client_limits,
         })
@@ -367,6 +377,16 @@ mod tests {
         let cache = |r: &str| format!("portcullis_revocation_cache_total{{result=\"{r}\"}}");
         assert_eq!(value(&m, &cache("hit")), Some(1.0));
         assert_eq!(value(&m, &cache("miss")), Some(2.0));
+    }
+
+    #[test]
+    fn the_revocation_cache_gauge_shows_from_the_first_scrape_and_takes_the_value_set() {
+        let m = Metrics::new().unwrap();
+        assert_eq!(value(&m, "portcullis_revocation_cache_entries"), Some(0.0));
+        m.revocation_cache_entries.set(42);
+        assert_eq!(value(&m, "portcullis_revocation_cache_entries"), Some(42.0));
+        m.revocation_cache_entries.set(0);
+        assert_eq!(value(&m, "portcullis_revocation_cache_entries"), Some(0.0));
     }
 
     #[test]

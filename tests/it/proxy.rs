@@ -1676,6 +1676,37 @@ async fn metrics_count_requests_upstream_time_denials_cache_lookups_and_pool_con
     assert!(m.contains_key("portcullis_db_pool_connections{state=\"in_use\"}"));
 }
 
+/// The revocation-cache gauge counts the sessions looked up on the proxy path and falls back
+/// to zero once their entries outlive `cache_ttl_secs`: it shows the cache fill and expire.
+#[tokio::test]
+async fn the_revocation_cache_gauge_counts_cached_sessions_and_drops_expired_ones() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.revocation = "cache_ttl_secs = 2\n".into();
+    let gw = Gateway::start(opts).await;
+    let gauge = "portcullis_revocation_cache_entries";
+    assert_eq!(gw.metrics().await.get(gauge), Some(&0.0));
+
+    let first = gw.user("gauge-1@example.com").await;
+    let second = gw.user("gauge-2@example.com").await;
+    for pair in [&first, &second] {
+        assert_eq!(get(&gw, "/api/g", Some(access(pair))).await.status, 200);
+        assert_eq!(get(&gw, "/api/g", Some(access(pair))).await.status, 200);
+    }
+    // Two sessions looked up (twice each): two entries, not four.
+    assert_eq!(gw.metrics().await.get(gauge), Some(&2.0));
+
+    let expired = eventually(Duration::from_secs(10), || async {
+        gw.metrics().await.get(gauge) == Some(&0.0)
+    })
+    .await;
+    assert!(
+        expired.is_some(),
+        "entries outlived cache_ttl_secs: {:?}",
+        gw.metrics().await.get(gauge)
+    );
+}
+
 #[tokio::test]
 async fn a_trusted_proxy_extends_x_forwarded_for_and_names_the_client_for_sessions() {
     let echo = Echo::start().await;
