@@ -25,7 +25,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$dir"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/load/common.sh
 up=$(free_port); port=$(free_port); admin=$(free_port)
 db="postgres://postgres@127.0.0.1:5432/portcullis_instr_$$"
 cat >"$dir/config.toml" <<EOF
@@ -64,16 +64,8 @@ RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
   >"$dir/gateway.log" 2>&1 &
 vg=$!
 pids+=($vg)
-for _ in $(seq 1 300); do
-  curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { cat "$dir/gateway.log"; exit 1; }
-
-body='{"email":"instr@example.com","password":"password-123"}'
-curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/register" >/dev/null
-token=$(curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/login" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+wait_ready "$admin" "$dir/gateway.log"
+token=$(access_token "http://127.0.0.1:$port" instr@example.com)
 
 measure() { # name path [header]
   local name=$1 path=$2 header=${3:-}

@@ -36,41 +36,16 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/load/common.sh
 up=$(free_port); plain=$(free_port); tls=$(free_port); admin=$(free_port); ngx=$(free_port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 
-nginx_conf() { # name http-block
-  local prefix="$dir/$1"
-  mkdir -p "$prefix/logs"
-  cat >"$prefix/nginx.conf" <<EOF
-$( [ "$(id -u)" = 0 ] && echo "user root;" )
-worker_processes 1;
-daemon off;
-pid $prefix/nginx.pid;
-error_log $prefix/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $prefix/body;
-  proxy_temp_path $prefix/proxy;
-  fastcgi_temp_path $prefix/fastcgi;
-  uwsgi_temp_path $prefix/uwsgi;
-  scgi_temp_path $prefix/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-$2
-}
-EOF
-  echo "$prefix/nginx.conf"
-}
-conf=$(nginx_conf upstream "  server { listen 127.0.0.1:$up backlog=4096;
-    location / { default_type application/json; return 200 '{\"ok\":true}\n'; } }")
+conf=$(nginx_conf "$dir/upstream" "$(static_upstream "$up")")
 taskset -c 1 nginx -p "$dir/upstream" -c "$conf" & pids+=($!)
-conf=$(nginx_conf proxy "  upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 10000000; }
+conf=$(nginx_conf "$dir/proxy" "  upstream up { server 127.0.0.1:$up; keepalive 128; keepalive_requests 10000000; }
   server {
     listen 127.0.0.1:$ngx ssl http2 backlog=4096;
     ssl_certificate $dir/cert.pem;
@@ -113,15 +88,8 @@ prefix = "/api/"
 upstream = "api"
 EOF
 RUST_LOG=warn taskset -c 0 "$bin" --config "$dir/config.toml" serve >"$dir/gateway.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 300); do
-  curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
-  sleep 0.2
-done
-curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { cat "$dir/gateway.log"; exit 1; }
-body='{"email":"tls@example.com","password":"password-123"}'
-curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$plain/auth/register" >/dev/null
-token=$(curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$plain/auth/login" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+wait_ready "$admin" "$dir/gateway.log"
+token=$(access_token "http://127.0.0.1:$plain" tls@example.com)
 auth="Authorization: Bearer $token"
 
 declare -A url=([portcullis]="https://127.0.0.1:$tls/api/x" [nginx]="https://127.0.0.1:$ngx/api/x")
@@ -131,19 +99,11 @@ for t in portcullis nginx; do
   echo "$t: $(echo | openssl s_client -connect "$(echo "${url[$t]}" | cut -d/ -f3)" 2>/dev/null | grep -m1 'Cipher is' || true)"
 done
 
-wrk_run() { # url extra-header... -> "rps p99ms"
+wrk_run() { # url extra-header... -> "rps p99ms non-2xx"
   local u=$1; shift
   local args=()
   for h in "$@"; do args+=(-H "$h"); done
-  taskset -c 1 wrk -t1 -c64 "-d${secs}s" --latency "${args[@]}" "$u" |
-    python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
-p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-print(rps, p99, errors.group(1) if errors else 0)'
+  taskset -c 1 wrk -t1 -c64 "-d${secs}s" --latency "${args[@]}" "$u" | wrk_summary
 }
 h2_run() { # url -> rps
   taskset -c 1 h2load -n $((secs * 4000)) -c 64 -m 10 -H "$auth" "$1" 2>/dev/null |

@@ -36,30 +36,11 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/load/common.sh
 up=$(free_port)
 
-mkdir -p "$dir/nginx/logs"
-cat >"$dir/nginx/nginx.conf" <<EOF
-$( [ "$(id -u)" = 0 ] && echo "user root;" )
-worker_processes 1;
-daemon off;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $dir/nginx/body;
-  proxy_temp_path $dir/nginx/proxy;
-  fastcgi_temp_path $dir/nginx/fastcgi;
-  uwsgi_temp_path $dir/nginx/uwsgi;
-  scgi_temp_path $dir/nginx/scgi;
-  keepalive_requests 10000000;
-  server { listen 127.0.0.1:$up backlog=4096;
-    location / { default_type application/json; return 200 '{"ok":true}\n'; } }
-}
-EOF
-nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" & pids+=($!)
+conf=$(nginx_conf "$dir/nginx" "$(static_upstream "$up")")
+nginx -p "$dir/nginx" -c "$conf" & pids+=($!)
 
 start() { # work_stealing -> sets gw pid, port
   port=$(free_port); local admin; admin=$(free_port)
@@ -91,31 +72,19 @@ upstream = "api"
 EOF
   RUST_LOG=warn "$bin" --config "$dir/config.toml" serve >"$dir/gateway.log" 2>&1 &
   gw=$!
-  for _ in $(seq 1 300); do
-    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  cat "$dir/gateway.log"; exit 1
+  wait_ready "$admin" "$dir/gateway.log"
 }
 
-body='{"email":"workers@example.com","password":"password-123"}'
 results="$dir/results.txt"
 for round in $(seq 1 "$rounds"); do
   for steal in false true; do
     start "$steal"
-    curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/register" >/dev/null || true
-    token=$(curl -fs -H 'Content-Type: application/json' -d "$body" "http://127.0.0.1:$port/auth/login" |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    token=$(access_token "http://127.0.0.1:$port" workers@example.com)
     url="http://127.0.0.1:$port/api/x"
     wrk -t2 -c64 -d2s -H "Authorization: Bearer $token" "$url" >/dev/null # warm-up
-    wrk -t2 -c64 "-d${secs}s" --latency -H "Authorization: Bearer $token" "$url" |
-      python3 -c '
-import re, sys
-text = sys.stdin.read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-m = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
-p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
-print(sys.argv[1], sys.argv[2], rps, p99)' "$steal" "$round" | tee -a "$results"
+    read -r rps p99 _ < <(wrk -t2 -c64 "-d${secs}s" --latency \
+      -H "Authorization: Bearer $token" "$url" | wrk_summary)
+    echo "$steal $round $rps $p99" | tee -a "$results"
     kill "$gw"; wait "$gw" 2>/dev/null || true
   done
 done
