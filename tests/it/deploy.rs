@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
@@ -175,24 +173,7 @@ async fn a_daemon_serves_once_started_and_hands_over_to_serve_upgrade_daemon_wit
     assert_eq!(r.status(), 201);
 
     // Continuous load across the reload.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for n in 0..4 {
-        let url = format!("{base}/public/load/{n}");
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("status {}", r.status())),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start((0..4).map(|n| format!("{base}/public/load/{n}")).collect());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The unit's ExecReload, in its order: SIGQUIT to $MAINPID, then the new daemon.
@@ -208,13 +189,7 @@ async fn a_daemon_serves_once_started_and_hands_over_to_serve_upgrade_daemon_wit
     );
     let served_before = echo.count();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok, failed) = load.finish().await;
     assert!(
         failed.is_empty(),
         "{} failed requests: {failed:?}",

@@ -438,24 +438,11 @@ pub fn kid_of(token: &str) -> String {
 async fn a_binary_upgrade_under_continuous_load_fails_no_request() {
     let echo = Echo::start().await;
     let mut gw = Gateway::start(Options::new(echo.addr)).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for n in 0..4 {
-        let url = gw.url(&format!("/public/load/{n}"));
-        let stop = stop.clone();
-        workers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok += 1,
-                    Ok(r) => failed.push(format!("status {}", r.status())),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let load = Load::start(
+        (0..4)
+            .map(|n| gw.url(&format!("/public/load/{n}")))
+            .collect(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let old_pid = gw.pid();
     let old_exit = tokio::task::block_in_place(|| gw.upgrade());
@@ -464,13 +451,7 @@ async fn a_binary_upgrade_under_continuous_load_fails_no_request() {
     // The new process serves alone for a while under the same load.
     let served_before = echo.count();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for w in workers {
-        let (o, f) = w.await.unwrap();
-        ok += o;
-        failed.extend(f);
-    }
+    let (ok, failed) = load.finish().await;
     assert!(
         failed.is_empty(),
         "{} failed requests: {failed:?}",

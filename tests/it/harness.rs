@@ -1162,3 +1162,48 @@ impl Drop for PrivatePg {
             .status();
     }
 }
+
+/// Clients sending GETs in a loop until [`Load::finish`]: what a restart or upgrade must not
+/// disturb. Each of `urls` gets its own client and connection.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    /// Starts one looping client per URL; anything but a 200 is a failure.
+    pub fn start(urls: Vec<String>) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = urls
+            .into_iter()
+            .map(|url| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let (mut ok, mut failed) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("status {}", r.status())),
+                            Err(e) => failed.push(format!("{e:?}")),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Load { stop, workers }
+    }
+
+    /// Stops the clients; returns the requests served and the failures.
+    pub async fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut ok, mut failed) = (0, Vec::new());
+        for w in self.workers {
+            let (o, f) = w.await.unwrap();
+            ok += o;
+            failed.extend(f);
+        }
+        (ok, failed)
+    }
+}
