@@ -28,7 +28,7 @@ use pingora::protocols::{
 };
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -64,6 +64,7 @@ struct Counters {
     header_timeout: IntCounter,
     keepalive_timeout: IntCounter,
     max_connections: IntCounter,
+    open: IntGauge,
 }
 
 /// A Pingora application (the proxy) behind the connection limits of [`Settings`].
@@ -85,6 +86,7 @@ impl<A> Limited<A> {
                 header_timeout: counter("header_timeout"),
                 keepalive_timeout: counter("keepalive_timeout"),
                 max_connections: counter("max_connections"),
+                open: metrics.open_connections.clone(),
             },
             open: AtomicUsize::new(0),
         }
@@ -92,11 +94,19 @@ impl<A> Limited<A> {
 }
 
 /// Gives the connection slot back when the connection ends, however it ends.
-struct Slot<'a>(&'a AtomicUsize);
+struct Slot<'a>(&'a AtomicUsize, &'a IntGauge);
+
+impl<'a> Slot<'a> {
+    fn take(open: &'a AtomicUsize, gauge: &'a IntGauge) -> (Slot<'a>, usize) {
+        gauge.inc();
+        (Slot(open, gauge), open.fetch_add(1, Ordering::AcqRel))
+    }
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.dec();
     }
 }
 
@@ -110,8 +120,7 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let before = self.open.fetch_add(1, Ordering::AcqRel);
-        let _slot = Slot(&self.open);
+        let (_slot, before) = Slot::take(&self.open, &self.counters.open);
         let max = self.settings.max_connections;
         if max > 0 && before >= max {
             // Closed before a byte is read: the cheapest answer, and the one that cannot be

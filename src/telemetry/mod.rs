@@ -163,6 +163,9 @@ pub struct Metrics {
     /// (`header_timeout`, `body_timeout`, `keepalive_timeout`, `max_connections`), so an
     /// operator sees slow or flooding clients without debug logs.
     pub client_limits: IntCounterVec,
+    /// `portcullis_client_connections_open`: client connections held now (both listeners),
+    /// the number `server.max_connections` is compared with.
+    pub open_connections: IntGauge,
     /// `access_denied` series of [`DENIAL_REASONS`], in that order.
     denials: [IntCounter; DENIAL_REASONS.len()],
     /// `revocation_cache` series `hit` and `miss`.
@@ -269,6 +272,11 @@ impl Metrics {
         ] {
             client_limits.with_label_values(&[limit]);
         }
+        let open_connections = IntGauge::new(
+            "portcullis_client_connections_open",
+            "Client connections open now, the number server.max_connections bounds",
+        )?;
+        registry.register(Box::new(open_connections.clone()))?;
         // Make the documented series visible from the first scrape.
         for event in [
             "login_ok",
@@ -296,6 +304,7 @@ impl Metrics {
             revocation_cache_entries,
             connection_errors,
             client_limits,
+            open_connections,
         })
     }
 

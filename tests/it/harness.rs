@@ -729,6 +729,23 @@ impl Gateway {
             .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
             .collect()
     }
+
+    /// Waits until no client connection is open on the proxy listeners. The readiness probe
+    /// opened one; the gateway counts it toward `server.max_connections` until it has seen
+    /// it close, which a loaded machine can delay past the test's first connections.
+    pub async fn wait_no_connections(&self) {
+        let idle = eventually(Duration::from_secs(5), || async {
+            self.metrics()
+                .await
+                .get("portcullis_client_connections_open")
+                == Some(&0.0)
+        })
+        .await;
+        assert!(
+            idle.is_some(),
+            "a client connection is still counted as open"
+        );
+    }
 }
 
 /// Signs tokens with a gateway's own Ed25519 key, read from its keys directory, so that a

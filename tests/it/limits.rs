@@ -313,6 +313,7 @@ async fn a_slow_but_steady_upload_succeeds() {
 async fn over_max_connections_a_new_connection_is_closed_and_the_held_ones_are_served() {
     let echo = Echo::start().await;
     let gw = Gateway::start(server("max_connections = 2\n", &echo)).await;
+    gw.wait_no_connections().await;
     let mut held = vec![connect(&gw).await, connect(&gw).await];
     // Both are served (keep-alive: they stay open and counted).
     for s in &mut held {
@@ -329,6 +330,11 @@ async fn over_max_connections_a_new_connection_is_closed_and_the_held_ones_are_s
         "the third connection was served"
     );
     assert!(metric(&gw, "max_connections").await >= 1.0);
+    assert_eq!(
+        gw.metrics().await.get("portcullis_client_connections_open"),
+        Some(&2.0),
+        "the refused one holds no slot"
+    );
     // The held ones keep working.
     held[0].write_all(GET).await.unwrap();
     let (head, _) = read_response(&mut held[0]).await;

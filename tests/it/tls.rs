@@ -986,6 +986,7 @@ async fn the_tls_listener_cuts_a_slow_head_and_shares_max_connections_with_the_p
     let mut opts = Options::new(echo.addr);
     opts.server = "header_timeout_secs = 1\nmax_connections = 1\n".into();
     let tls = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "").await;
+    tls.gw.wait_no_connections().await;
     let tls = std::sync::Arc::new(tls);
 
     // Half a head over TLS: cut after the head deadline, with no answer.
@@ -1003,6 +1004,12 @@ async fn the_tls_listener_cuts_a_slow_head_and_shares_max_connections_with_the_p
         seen.expect("a slow TLS client is still connected"),
         b"",
         "answered"
+    );
+    let cut = tls.gw.metrics().await;
+    assert_eq!(
+        cut.get("portcullis_client_limits_total{limit=\"header_timeout\"}"),
+        Some(&1.0),
+        "the slow TLS head was closed for another reason"
     );
 
     // One TLS connection, served and kept alive, holds the only place: a plain connection
