@@ -112,10 +112,11 @@ pub fn build_server(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let store = Store::with_acquire_timeout(
+    let store = Store::with_timeouts(
         &config.database.url,
         config.database.pool_size,
         Duration::from_millis(config.database.acquire_timeout_ms),
+        Duration::from_millis(config.database.statement_timeout_ms),
     )?;
     let tokens = Arc::new(TokenService::new(&config.tokens)?);
     let hasher = Hasher::new(&config.passwords)?;
@@ -125,6 +126,16 @@ pub fn build_server(
         config.revocation.cache_capacity,
         Duration::from_secs(config.revocation.cache_ttl_secs),
     ));
+    // Weak: the cache holds the store, the store would otherwise hold the cache.
+    let local = Arc::downgrade(&revocations);
+    store.on_local_revocation(Arc::new(move |event| {
+        let cache = local.upgrade();
+        Box::pin(async move {
+            if let Some(cache) = cache {
+                cache.forget(event).await;
+            }
+        })
+    }));
     let authorizer = Authorizer::new(
         tokens.clone(),
         revocations.clone(),

@@ -107,6 +107,19 @@ impl RevocationCache {
         }
     }
 
+    /// Applies a revocation this instance committed itself, finished when it returns: the
+    /// request that revoked is answered only after its own instance stopped trusting the
+    /// session (the NOTIFY that follows changes nothing more here).
+    pub async fn forget(&self, event: RevocationEvent) {
+        match event {
+            RevocationEvent::Session(sid) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                self.cache.invalidate(&sid).await;
+            }
+            other => self.apply(other),
+        }
+    }
+
     /// Entries currently cached, after the cache's pending housekeeping (expired entries
     /// removed, recent inserts counted): the exact figure for the scrape-time gauge, where
     /// [`len`](Self::len) may lag behind by the writes not yet applied.

@@ -221,6 +221,10 @@ pub struct Database {
     /// unavailable" (503): bounds the queue when every connection is busy, so clients get a
     /// prompt answer with `Retry-After` instead of hanging.
     pub acquire_timeout_ms: u64,
+    /// How long one query may run before PostgreSQL cancels it (0: no limit): a query stuck
+    /// behind a lock fails as "database unavailable" (503) and frees its pooled connection
+    /// instead of holding it, and the requests queued behind it, indefinitely.
+    pub statement_timeout_ms: u64,
     /// Create the database and apply migrations on `serve`.
     pub auto_migrate: bool,
 }
@@ -231,6 +235,7 @@ impl Default for Database {
             url: "postgres://postgres@127.0.0.1:5432/portcullis".to_string(),
             pool_size: 16,
             acquire_timeout_ms: 5000,
+            statement_timeout_ms: 10_000,
             auto_migrate: true,
         }
     }

@@ -9,7 +9,10 @@ mod oidc;
 mod sessions;
 mod users;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
@@ -74,7 +77,16 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 pub struct Store {
     pool: Pool,
     url: String,
+    /// What this instance does with a revocation it committed itself (shared by clones).
+    local_revocations: Arc<OnceLock<LocalRevocations>>,
 }
+
+/// Applies a revocation this instance just committed to its own caches, awaited before the
+/// request that made it is answered: its NOTIFY reaches every instance within milliseconds,
+/// but "milliseconds" is long enough for the same client's next request to this instance to
+/// be served from the stale cache entry.
+pub type LocalRevocations =
+    Arc<dyn Fn(RevocationEvent) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -96,23 +108,44 @@ impl Store {
     /// overrides it for the gateway).
     pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// Builds the pool without connecting, waiting at most [`Self::DEFAULT_ACQUIRE_TIMEOUT`]
-    /// for a connection (for the CLI, which never queues behind itself).
+    /// How long one statement may run before PostgreSQL cancels it
+    /// (`database.statement_timeout_ms` overrides it for the gateway).
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Builds the pool without connecting, with the default timeouts (for the CLI, which never
+    /// queues behind itself).
     pub fn new(url: &str, pool_size: usize) -> Result<Store, StoreError> {
-        Store::with_acquire_timeout(url, pool_size, Self::DEFAULT_ACQUIRE_TIMEOUT)
+        Store::with_timeouts(
+            url,
+            pool_size,
+            Self::DEFAULT_ACQUIRE_TIMEOUT,
+            Self::DEFAULT_STATEMENT_TIMEOUT,
+        )
     }
 
     /// Builds the pool without connecting: connections are opened lazily on the runtime that
     /// first uses them (Pingora owns its runtimes). A caller that finds every connection busy
     /// waits at most `acquire_timeout`, then gets `Unavailable` (answered 503 with
     /// `Retry-After`), so a saturated or stuck pool queues requests to a bound, not forever.
-    pub fn with_acquire_timeout(
+    /// Every pooled connection runs with `statement_timeout` (zero: none), so a query stuck
+    /// behind a lock or a sick plan gives its connection back as `Unavailable` instead of
+    /// holding it until the database is fixed.
+    pub fn with_timeouts(
         url: &str,
         pool_size: usize,
         acquire_timeout: Duration,
+        statement_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let pg =
+        let mut pg =
             tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        if !statement_timeout.is_zero() {
+            let ours = format!("-c statement_timeout={}", statement_timeout.as_millis());
+            let options = match pg.get_options() {
+                Some(theirs) if !theirs.is_empty() => format!("{theirs} {ours}"),
+                _ => ours,
+            };
+            pg.options(&options);
+        }
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -133,7 +166,29 @@ impl Store {
         Ok(Store {
             pool,
             url: url.to_string(),
+            local_revocations: Arc::default(),
         })
+    }
+
+    /// Sets what a revocation committed through this store (and its clones) does locally;
+    /// the first call wins (one gateway, one cache).
+    pub fn on_local_revocation(&self, apply: LocalRevocations) {
+        let _ = self.local_revocations.set(apply);
+    }
+
+    /// Commits a transaction that revoked sessions, then applies `revoked` locally.
+    async fn commit_revoking(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        revoked: impl IntoIterator<Item = RevocationEvent>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        if let Some(apply) = self.local_revocations.get() {
+            for event in revoked {
+                apply(event).await;
+            }
+        }
+        Ok(())
     }
 
     /// The URL this store connects to (for the LISTEN connection).
@@ -167,12 +222,12 @@ impl Store {
 /// notification for an uncommitted change.
 async fn notify(
     tx: &deadpool_postgres::Transaction<'_>,
-    event: &RevocationEvent,
-) -> Result<(), StoreError> {
+    event: RevocationEvent,
+) -> Result<RevocationEvent, StoreError> {
     tx.execute(
         "SELECT pg_notify($1, $2)",
         &[&REVOCATION_CHANNEL, &event.to_payload()],
     )
     .await?;
-    Ok(())
+    Ok(event)
 }

@@ -173,20 +173,20 @@ impl Store {
                 match successor_row {
                     None => return Ok(RefreshOutcome::Invalid),
                     Some(row) if !row.try_get::<_, bool>("live")? => {
-                        revoke_session(&tx, sid).await?;
+                        let revoked = revoke_session(&tx, sid).await?;
                         let event = on_reuse(user.id, sid);
                         super::audit::insert_in(&tx, &event).await?;
-                        tx.commit().await?;
+                        self.commit_revoking(tx, [revoked]).await?;
                         return Ok(RefreshOutcome::Reused(Box::new(event)));
                     }
                     Some(_) => {}
                 }
             }
             Some(_) => {
-                revoke_session(&tx, sid).await?;
+                let revoked = revoke_session(&tx, sid).await?;
                 let event = on_reuse(user.id, sid);
                 super::audit::insert_in(&tx, &event).await?;
-                tx.commit().await?;
+                self.commit_revoking(tx, [revoked]).await?;
                 return Ok(RefreshOutcome::Reused(Box::new(event)));
             }
         }
@@ -220,14 +220,15 @@ impl Store {
             )
             .await?;
         let mut known = None;
+        let mut revoked = None;
         if let Some(row) = row {
             let sid: Uuid = row.try_get(0)?;
-            revoke_session(&tx, sid).await?;
+            revoked = Some(revoke_session(&tx, sid).await?);
             let event = audit(row.try_get(1)?, sid);
             super::audit::insert_in(&tx, &event).await?;
             known = Some(event);
         }
-        tx.commit().await?;
+        self.commit_revoking(tx, revoked).await?;
         Ok(known)
     }
 
@@ -249,11 +250,12 @@ impl Store {
             )
             .await?
             .is_some();
+        let mut revoked = None;
         if owned {
-            revoke_session(&tx, sid).await?;
+            revoked = Some(revoke_session(&tx, sid).await?);
             super::audit::insert_in(&tx, audit).await?;
         }
-        tx.commit().await?;
+        self.commit_revoking(tx, revoked).await?;
         Ok(owned)
     }
 
@@ -272,15 +274,16 @@ impl Store {
                 &[&sid],
             )
             .await?;
-        let live = match live {
+        let revoked = match live {
             Some(row) => {
-                revoke_session(&tx, sid).await?;
+                let revoked = revoke_session(&tx, sid).await?;
                 super::audit::insert_in(&tx, &audit(row.try_get(0)?)).await?;
-                true
+                Some(revoked)
             }
-            None => false,
+            None => None,
         };
-        tx.commit().await?;
+        let live = revoked.is_some();
+        self.commit_revoking(tx, revoked).await?;
         Ok(live)
     }
 
@@ -293,10 +296,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        revoke_user_sessions(&tx, user_id, None).await?;
+        let revoked = revoke_user_sessions(&tx, user_id, None).await?;
         super::audit::insert_in(&tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_revoking(tx, [revoked]).await
     }
 
     /// Live sessions of a user, newest first.
@@ -347,11 +349,12 @@ impl Store {
     }
 }
 
-/// Revokes one session and all its refresh tokens, and announces it.
+/// Revokes one session and all its refresh tokens, and announces it; returns the
+/// announcement for [`Store::commit_revoking`].
 async fn revoke_session(
     tx: &deadpool_postgres::Transaction<'_>,
     sid: Uuid,
-) -> Result<(), StoreError> {
+) -> Result<RevocationEvent, StoreError> {
     tx.execute(
         "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
         &[&sid],
@@ -362,15 +365,16 @@ async fn revoke_session(
         &[&sid],
     )
     .await?;
-    notify(tx, &RevocationEvent::Session(sid)).await
+    notify(tx, RevocationEvent::Session(sid)).await
 }
 
-/// Revokes every session of a user except `keep`, and announces it.
+/// Revokes every session of a user except `keep`, and announces it; returns the
+/// announcement for [`Store::commit_revoking`].
 pub(super) async fn revoke_user_sessions(
     tx: &deadpool_postgres::Transaction<'_>,
     user_id: Uuid,
     keep: Option<Uuid>,
-) -> Result<(), StoreError> {
+) -> Result<RevocationEvent, StoreError> {
     tx.execute(
         "UPDATE sessions SET revoked_at = now()
          WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
@@ -383,5 +387,5 @@ pub(super) async fn revoke_user_sessions(
         &[&user_id, &keep],
     )
     .await?;
-    notify(tx, &RevocationEvent::User(user_id)).await
+    notify(tx, RevocationEvent::User(user_id)).await
 }

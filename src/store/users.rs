@@ -148,10 +148,9 @@ impl Store {
             &[&id, &hash],
         )
         .await?;
-        super::sessions::revoke_user_sessions(&tx, id, Some(keep)).await?;
+        let revoked = super::sessions::revoke_user_sessions(&tx, id, Some(keep)).await?;
         super::audit::insert_in(&tx, audit).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_revoking(tx, [revoked]).await
     }
 
     /// One page of users ordered by (created_at, id), starting after `after`.
@@ -236,14 +235,15 @@ impl Store {
             )
             .await?;
         let updated = user_from_row(&row)?;
+        let mut revoked = None;
         if new_role != current.role || new_active != current.is_active {
-            super::sessions::revoke_user_sessions(&tx, id, None).await?;
+            revoked = Some(super::sessions::revoke_user_sessions(&tx, id, None).await?);
         }
         let events = audit(&current, &updated);
         for e in &events {
             super::audit::insert_in(&tx, e).await?;
         }
-        tx.commit().await?;
+        self.commit_revoking(tx, revoked).await?;
         Ok(AdminUpdateOutcome::Updated(updated, events))
     }
 

@@ -485,6 +485,57 @@ async fn postgres_fast_stop_and_restart_under_load_breaks_no_session() {
     restart_under_load(Outage::FastStop).await;
 }
 
+/// A query stuck behind a lock is cancelled by PostgreSQL after
+/// `database.statement_timeout_ms`: the request answers 503 `unavailable` with `Retry-After`
+/// while the lock is still held (so the cancellation, not the release, answered it), and the
+/// pool's only connection serves the next request once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_stuck_behind_a_lock_is_cancelled_after_statement_timeout() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.pool_size = 1;
+    opts.database_extra = "statement_timeout_ms = 300\n".into();
+    let gw = Gateway::start(opts).await;
+    let target = Target::of(&gw);
+    gw.register("locked@example.com", PASSWORD).await;
+    let login = json!({"email": "locked@example.com", "password": PASSWORD});
+
+    let locker = connect(&gw.db_url).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let stuck = target.post("/auth/login", login.clone()).await.unwrap();
+    assert!(
+        stuck.is_unavailable(),
+        "a login behind the lock: {} {}",
+        stuck.status,
+        stuck.body
+    );
+    let waiting: i64 = locker
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        waiting, 0,
+        "the cancelled query is still waiting on the lock"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+
+    let after = target.post("/auth/login", login).await.unwrap();
+    assert_eq!(after.status, 200, "login after the release: {}", after.body);
+    assert!(
+        gw.log().contains("statement timeout") || gw.log().contains("canceling statement"),
+        "the cancellation is not in the log:\n{}",
+        gw.log()
+    );
+}
+
 /// One connection in the pool (`database.pool_size = 1`), held by a request stuck behind a
 /// lock the test takes on `users`: the next /auth requests queue for
 /// `database.acquire_timeout_ms`, then answer 503 `unavailable` with `Retry-After` — never

@@ -939,6 +939,12 @@ impl DbProxy {
         }
     }
 
+    /// Refuses new connections but keeps the open ones relaying (a database at its
+    /// connection limit, as far as a new client can tell).
+    pub fn refuse_new(&self) {
+        self.up.store(false, Ordering::SeqCst);
+    }
+
     /// Accepts connections again.
     pub fn up(&self) {
         self.up.store(true, Ordering::SeqCst);

@@ -1145,6 +1145,53 @@ async fn listeners(db_url: &str) -> i64 {
     .get(0)
 }
 
+/// The instance that takes a logout stops trusting the session before it answers, without
+/// waiting for its own NOTIFY to come back: here its LISTEN connection is killed and cannot
+/// come back (the database refuses new connections; the pool's one connection stays open),
+/// the cache TTL is an hour, and still the very next request with the token is refused.
+#[tokio::test]
+async fn the_instance_that_revokes_enforces_it_at_once_without_its_own_notification() {
+    let echo = Echo::start().await;
+    let proxy = DbProxy::start().await;
+    let db = fresh_db().await;
+    let mut opts = Options::new(echo.addr);
+    opts.pool_size = 1;
+    opts.revocation = "cache_ttl_secs = 3600\n".into();
+    let gw = Gateway::start_on(opts, proxy.url(&db)).await;
+    let one = gw.user("one@example.com").await;
+    gw.user("all@example.com").await;
+    let all = gw.login("all@example.com", "password-123").await;
+    for pair in [&one, &all] {
+        assert_eq!(get(&gw, "/api/r", Some(access(pair))).await.status, 200);
+    }
+
+    proxy.refuse_new();
+    assert_eq!(kill_listener(&db).await, 1);
+    let gone = eventually(Duration::from_secs(5), || async {
+        gw.log().contains("revocation LISTEN connection failed")
+    })
+    .await;
+    assert!(gone.is_some(), "LISTEN came back; log:\n{}", gw.log());
+
+    let r = gw
+        .post("/auth/logout", json!({ "refresh_token": refresh(&one) }))
+        .await;
+    assert_eq!(r.status(), 204);
+    let before = echo.count();
+    assert_eq!(get(&gw, "/api/r", Some(access(&one))).await.status, 401);
+    let r = gw
+        .http
+        .post(gw.url("/auth/logout-all"))
+        .bearer_auth(access(&all))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(get(&gw, "/api/r", Some(access(&all))).await.status, 401);
+    assert_eq!(echo.count(), before, "a revoked token reached the upstream");
+    assert_eq!(listeners(&db).await, 0, "LISTEN came back during the test");
+}
+
 #[tokio::test]
 async fn revocation_survives_a_killed_listen_connection_and_propagates_again_after_reconnect() {
     let echo = Echo::start().await;
