@@ -34,6 +34,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# cargo's output directory (CARGO_TARGET_DIR when set, as cargo itself does)
+target_dir=${CARGO_TARGET_DIR:-target}
 export DEBIAN_FRONTEND=noninteractive
 export CARGO_TERM_COLOR=never
 say() { echo "[run.sh $(date +%H:%M:%S)] $*"; }
@@ -87,7 +89,7 @@ for l in sys.stdin:
 }
 
 if [ "$smoke" = 1 ]; then
-  binary=target/debug/portcullis
+  binary=$target_dir/debug/portcullis
   if [ ! -x "$binary" ]; then
     say "building the debug binary"
     cargo build --quiet
@@ -134,5 +136,5 @@ if [ "$wait_quiet" = 1 ]; then
   found="before build: $found; before measuring: $after"
 fi
 
-exec python3 benches/load/bench.py --binary target/release/portcullis \
+exec python3 benches/load/bench.py --binary "$target_dir/release/portcullis" \
   ${argon2_bin:+--argon2-bin "$argon2_bin"} --quiet-wait "$found" "${pass[@]}"
