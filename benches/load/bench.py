@@ -11,9 +11,12 @@ generator and the static upstream to the other. Measured, in alternating rounds:
   haproxy    -> HAProxy jwt_verify ES256 + exp/iss/aud/role  -> upstream           (if installed)
   envoy      -> Envoy jwt_authn ES256 (JWT cache on) + RBAC role = user -> upstream (if installed)
 
-then login throughput against the raw argon2 rate, protected p99 under a login storm vs. idle,
+then the same targets with one connection (the latency a proxy adds to one request), at a fixed
+rate with oha (25/50/75 % of protected's saturation: latency added by each proxy, open loop),
+login throughput against the raw argon2 rate, protected p99 under a login storm vs. idle,
 refresh throughput (rotating token chains), and revocation propagation between two instances.
-Writes results.json, results.md and latency.svg into --out. Standard library only.
+Writes results.json, results.md, latency.svg and added-latency.svg into --out. Standard
+library only.
 
 Every JWT peer (and the protected route) is first checked: 200 with the valid token, 401
 without one or with a bad signature, 401/403 with a valid token of the wrong role.

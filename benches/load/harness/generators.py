@@ -1,7 +1,9 @@
-"""Load generators: wrk (or the Python fallback, loadgen.py) for closed-loop runs.
+"""Load generators: wrk (or the Python fallback, loadgen.py) for closed-loop runs, oha for
+open-loop (fixed-rate) runs.
 
-Both print one `WRKJSON {...}` line (wrk through wrk.lua), so everything downstream reads one
-format; `summarize` reduces it to the fields results.json keeps.
+wrk and loadgen.py print one `WRKJSON {...}` line (wrk through wrk.lua), so everything
+downstream reads one format; `summarize` reduces it to the fields results.json keeps. oha's JSON
+is reduced to the same latency fields.
 """
 
 import json
@@ -96,3 +98,53 @@ def summarize(res):
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
+
+
+class Oha:
+    """Open loop: oha sends `rate` requests/s over `connections` keep-alive connections whatever
+    the answers' pace; with --latency-correction a request's latency counts from when it was
+    due, not from when a free connection sent it (no coordinated omission). Pinned like wrk."""
+
+    def __init__(self, cpu):
+        self.cpu = cpu
+        self.path = shutil.which("oha") or next(
+            (p for p in [os.path.expanduser("~/.cargo/bin/oha")] if os.access(p, os.X_OK)), None
+        )
+
+    def run(self, url, rate, connections, duration, headers=()):
+        argv = [self.path, "-z", f"{duration}s", "-c", str(connections), "-q", str(rate), "--latency-correction"]
+        argv += ["--no-tui", "--output-format", "json", "--worker-threads", "1"]
+        for h in headers:
+            argv += ["-H", h]
+        argv.append(url)
+        if self.cpu is not None:
+            argv = ["taskset", "-c", self.cpu] + argv
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+        try:
+            out = json.loads(r.stdout)
+        except ValueError:
+            raise RuntimeError(f"oha printed no JSON (exit {r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}") from None
+        summary = out.get("summary") or {}
+        pct = out.get("latencyPercentiles") or {}
+        codes = out.get("statusCodeDistribution") or {}
+        ok = sum(n for c, n in codes.items() if str(c).startswith("2"))
+        # requests still in flight when -z ends are aborted: not an error of the target
+        errors = sum(n for e, n in (out.get("errorDistribution") or {}).items() if "deadline" not in e)
+        secs = summary.get("total") or duration
+
+        def ms(key):
+            v = pct.get(key)
+            return None if v is None else round(v * 1000, 4)
+
+        return {
+            "rate": rate,
+            "rps": round(ok / secs, 1),
+            "requests": sum(codes.values()),
+            "non_2xx": sum(codes.values()) - ok,
+            "errors": errors,
+            "p50_ms": ms("p50"),
+            "p90_ms": ms("p90"),
+            "p99_ms": ms("p99"),
+            "p99.9_ms": ms("p99.9"),
+            "max_ms": None if summary.get("slowest") is None else round(summary["slowest"] * 1000, 4),
+        }

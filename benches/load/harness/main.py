@@ -16,7 +16,7 @@ import types
 
 from . import machine, measurements, peers, report, upstream
 from .client import PASSWORD, request, login
-from .generators import Loader
+from .generators import Loader, Oha
 from .peers import gateway
 from .procs import ROOT, Procs, log, tail
 
@@ -214,7 +214,7 @@ def run(ctx):
         "machine": machine.machine_info(),
         "binary": os.path.relpath(ctx.binary, ROOT) if ctx.binary.startswith(ROOT) else ctx.binary,
         "pinning": pinning,
-        "tools": machine.tool_versions(ctx.loader, upstream_kind, peer_modules, None),
+        "tools": machine.tool_versions(ctx.loader, upstream_kind, peer_modules, Oha(None).path),
         "quiet_wait": args.quiet_wait,
         "settings": {
             "duration_s": args.duration,

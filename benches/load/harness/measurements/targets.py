@@ -18,8 +18,9 @@ PEERS = True
 ESSENTIAL = True
 
 
-def measure(ctx, targets, connections, duration, rounds, loader=None, warm_up=True):
-    """Alternating rounds over `targets`; one aggregated dict per target."""
+def measure(ctx, targets, connections, duration, rounds, loader=None, warm_up=True, what=None):
+    """Alternating rounds over `targets`; one aggregated dict per target. `what` names the
+    measurement in its notes (None: the closed-loop table)."""
     loader = loader or ctx.loader
     args = ctx.args
     runs = {t["name"]: [] for t in targets}
@@ -52,7 +53,7 @@ def measure(ctx, targets, connections, duration, rounds, loader=None, warm_up=Tr
     disturbed = sum(1 for rs in runs.values() for r in rs if r["builds_running"])
     if disturbed:
         ctx.notes.append(
-            f"{disturbed} measured runs had someone else's cargo/rustc or another portcullis/wrk "
+            (f"{what}: " if what else "") + f"{disturbed} measured runs had someone else's cargo/rustc or another portcullis/wrk "
             "running (runs[].builds_running in results.json)"
         )
     out = []
