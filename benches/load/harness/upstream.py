@@ -13,21 +13,22 @@ from .peers.nginx import start_nginx
 from .procs import HERE, free_port, log, tail
 
 
-def start_nginx_upstream(procs, tmp, cpu, port, name="nginx-upstream"):
+def start_nginx_upstream(procs, tmp, cpu, port, name="nginx-upstream", workers=1):
     return start_nginx(procs, name, tmp, cpu, f"""  server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{
       default_type application/json;
       return 200 '{{"ok":true}}\\n';
     }}
-  }}""")
+  }}""", workers)
 
 
-def start(ctx, cpu, name="nginx-upstream"):
-    """Starts the upstream on a free port pinned to `cpu`; returns (port, kind) or None."""
+def start(ctx, cpu, name="nginx-upstream", workers=1):
+    """Starts the upstream on a free port pinned to `cpu` (None: unpinned) with `workers` nginx
+    workers; returns (port, kind) or None."""
     port = free_port()
     if ctx.args.upstream == "auto" and shutil.which("nginx"):
-        p = start_nginx_upstream(ctx.procs, ctx.tmp, cpu, port, name)
+        p = start_nginx_upstream(ctx.procs, ctx.tmp, cpu, port, name, workers)
         if wait_http(port, "/", 10, p):
             return port, "nginx"
         ctx.notes.append(f"nginx upstream did not start ({tail(p.bench_log, 3)}); using the built-in upstream")

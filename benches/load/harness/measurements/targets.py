@@ -18,27 +18,28 @@ PEERS = True
 ESSENTIAL = True
 
 
-def measure(ctx, targets, connections, duration, rounds, loader=None, warm_up=True, what=None):
+def measure(ctx, targets, connections, duration, rounds, loader=None, warm_up=True, what=None, threads=None):
     """Alternating rounds over `targets`; one aggregated dict per target. `what` names the
     measurement in its notes (None: the closed-loop table)."""
     loader = loader or ctx.loader
     args = ctx.args
+    threads = threads or args.wrk_threads
     runs = {t["name"]: [] for t in targets}
     if warm_up:
         warm = max(1, min(2, round(duration / 4)))
         for t in targets:
             log(f"warm-up {t['name']} ({warm} s)")
-            r = loader.run(t["url"], connections, warm, t["headers"], threads=args.wrk_threads)
+            r = loader.run(t["url"], connections, warm, t["headers"], threads=threads)
             if r["requests"] == 0:
                 ctx.notes.append(f"{t['name']}: no response during warm-up")
-    pids = [t["pid"] for t in targets if t.get("pid")]
+    pids = [p.pid for p in ctx.procs.items]  # ours: not a disturbance
     for rnd in range(rounds):
         order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
         for t in order:
             pid = t.get("pid")
             load, builds = disturbance(pids)
             c0 = cpu_seconds(pid) if pid else None
-            res = summarize(loader.run(t["url"], connections, duration, t["headers"], threads=args.wrk_threads))
+            res = summarize(loader.run(t["url"], connections, duration, t["headers"], threads=threads))
             if pid:
                 res["proxy_cpu_s"] = round(cpu_seconds(pid) - c0, 3)
             res["round"] = rnd + 1

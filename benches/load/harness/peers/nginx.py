@@ -52,9 +52,9 @@ http {{
     return procs.start(name, ["nginx", "-p", prefix, "-c", path], cpu=cpu)
 
 
-def start(ctx, port, cpu, workers=1, name="nginx-proxy"):
+def start(ctx, port, cpu, workers=1, name="nginx-proxy", upstream_port=None):
     return start_nginx(ctx.procs, name, ctx.tmp, cpu, f"""  upstream up {{
-    server 127.0.0.1:{ctx.up_port};
+    server 127.0.0.1:{upstream_port or ctx.up_port};
     keepalive 128;
     keepalive_requests 10000000;
   }}
