@@ -115,18 +115,24 @@ def md_tables(res):
         "| target | rate | achieved req/s | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | errors / non-2xx |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    saturation = {t["name"]: t["rps"] for t in res.get("targets") or []}
+    over = False
     for name in labels:
         for row in ol["rates"]:
             r = row["targets"].get(name)
             if not r:
                 continue
             a = row["added"].get(name, {})
+            mark = " †" if row["rate"] > (saturation.get(name) or float("inf")) else ""
+            over = over or bool(mark)
             lines.append(
-                f"| {labels[name]} | {row['fraction']:.0%} ({row['rate']:,}/s) | {r['rps']:,.0f} | {fmt(r['p50_ms'], '{:.3f}')} | "
+                f"| {labels[name]} | {row['fraction']:.0%} ({row['rate']:,}/s) | {r['rps']:,.0f}{mark} | {fmt(r['p50_ms'], '{:.3f}')} | "
                 f"{fmt(r['p99_ms'], '{:.3f}')} | {fmt(r['p99.9_ms'], '{:.3f}')} | {fmt(a.get('p50_ms'), '{:.3f}')} | "
                 f"{fmt(a.get('p99_ms'), '{:.3f}')} | {fmt(a.get('p99.9_ms'), '{:.3f}')} | {r['errors']} / {r['non_2xx']} |"
             )
     lines.append("")
+    if over:
+        lines += ["† the rate is above this target's closed-loop saturation: it cannot keep up, its queue grows for the whole run.", ""]
     return lines
 
 
