@@ -43,6 +43,7 @@ def parse_args(doc):
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs; smoke results)")
     ap.add_argument("--out", help="output directory (full: benches/results; smoke: a temp dir)")
     ap.add_argument("--quiet-wait", default="", help="what run.sh's quiet-machine wait found (recorded)")
+    ap.add_argument("--build-command", default="", help="how run.sh built the binary (recorded)")
     ap.add_argument("--hard-timeout", type=float, help="kill everything after this many seconds")
     ap.add_argument("--render", metavar="DIR", help="only re-render DIR/results.json")
     ap.add_argument("--update-readme", nargs=2, metavar=("README", "DIR"))
@@ -216,6 +217,7 @@ def run(ctx):
         "pinning": pinning,
         "tools": machine.tool_versions(ctx.loader, upstream_kind, peer_modules, Oha(None).path),
         "quiet_wait": args.quiet_wait,
+        "build_command": args.build_command,
         "settings": {
             "duration_s": args.duration,
             "rounds": args.rounds,
