@@ -158,6 +158,12 @@ def render_svg(res, ol):
     added p50 and p99 differ by orders of magnitude), grouped by rate."""
     labels = ol.get("labels", {})
     names = [n for n in labels if n != "direct" and any(n in row["added"] for row in ol["rates"])]
+    saturation = {t["name"]: t["rps"] for t in res.get("targets") or []}
+
+    def over(row, n):
+        """Rate above n's closed-loop saturation: seconds of queueing, drawn as a mark only."""
+        return row["rate"] > (saturation.get(n) or float("inf"))
+
     panels = ("p50_ms", "p99_ms")
     W, H = 820, 440
     L, R, T, B = 70, 260, 56, 70
@@ -167,7 +173,7 @@ def render_svg(res, ol):
     out = svg_head(res, W, H, L, "Latency each proxy adds over direct at a fixed rate (ms; lower is better)")
     for j, p in enumerate(panels):
         x0 = L + j * (pw + gap)
-        vals = [row["added"].get(n, {}).get(p) for row in ol["rates"] for n in names]
+        vals = [row["added"].get(n, {}).get(p) for row in ol["rates"] for n in names if not over(row, n)]
         vals = [v for v in vals if v is not None] or [0.0]
         lo, hi, step = ticks(min(vals), max(vals))
 
@@ -190,6 +196,12 @@ def render_svg(res, ol):
                 val = row["added"].get(n, {}).get(p)
                 if val is None:
                     continue
+                if over(row, n):
+                    out.append(
+                        f'<text x="{gx + (k + 0.5) * bw:.1f}" y="{y(0) - 4:.1f}" text-anchor="middle" fill="{COLORS[k % len(COLORS)]}">†'
+                        f"<title>{esc(labels[n])}, {row['fraction']:.0%} load: above its saturation, added {p[:-3]} {val:.0f} ms</title></text>"
+                    )
+                    continue
                 top, bottom = (y(val), y(0)) if val >= 0 else (y(0), y(val))
                 out.append(
                     f'<rect x="{gx + k * bw:.1f}" y="{top:.1f}" width="{max(1.0, bw - 1):.1f}" height="{max(0.5, bottom - top):.1f}" '
@@ -202,7 +214,12 @@ def render_svg(res, ol):
         ly = T + 10 + k * 22
         out.append(f'<rect x="{W - R + 20}" y="{ly - 6}" width="24" height="12" fill="{COLORS[k % len(COLORS)]}"/>')
         out.append(f'<text x="{W - R + 50}" y="{ly + 4}">{esc(labels[n])}</text>')
-    notes = ("rate: % of protected's closed-loop", f"saturation ({ol['saturation_rps']:,.0f} req/s); oha,", "latency-corrected")
+    notes = (
+        "rate: % of protected's closed-loop",
+        f"saturation ({ol['saturation_rps']:,.0f} req/s); oha,",
+        "latency-corrected. †: rate above that",
+        "target's saturation (off the chart)",
+    )
     for i, line in enumerate(notes):
         out.append(f'<text x="{W - R + 20}" y="{T + 20 + (len(names) + i) * 16 + len(names) * 6}" fill="#555" font-size="11">{esc(line)}</text>')
     out.append("</svg>")
