@@ -58,7 +58,7 @@ def parse_args(doc):
     a.argon2_seconds = a.argon2_seconds or (1.0 if smoke else 6.0)
     if smoke:
         a.refresh_connections = min(a.refresh_connections, 4)
-    a.hard_timeout = a.hard_timeout or (100.0 if smoke else 1800.0)
+    a.hard_timeout = a.hard_timeout or (180.0 if smoke else 2400.0)
     return a
 
 
