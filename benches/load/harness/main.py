@@ -248,7 +248,7 @@ def run(ctx):
             "login_connections": args.login_connections,
             "refresh_connections": args.refresh_connections,
             "revocations": args.revocations,
-            "gateway": {"threads": 1, "algorithm": "ES256", "argon2": "m=19456 t=2 p=1 (defaults)", "rate_limits": 0, "RUST_LOG": "warn"},
+            "gateway": {"threads": 1, "algorithm": "ES256", "argon2": "m=19456 t=2 p=1 (defaults)", "rate_limits": 0, "RUST_LOG": "warn", "access_log": "on (log.access_log default; RUST_LOG does not filter it)"},
         },
         "checks": ctx.checks,
         "notes": notes,

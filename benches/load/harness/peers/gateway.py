@@ -63,7 +63,10 @@ auth = "none"
 
 class Gateway:
     """One gateway process; its log (stderr and stdout) goes to `<tmp>/<name>.log`. `rust_log`
-    "warn" keeps the access log (target `access`, level info) off; "info" turns it on."""
+    None leaves the filter to the config's `log.level`. RUST_LOG does not filter the access
+    log: it is written straight to the log writer, on unless the config says
+    `[log] access_log = false` (so every bench gateway with the minimal config logs each
+    request)."""
 
     def __init__(self, procs, tmp, name, binary, cpu, db_url, keys_dir, upstream_port, threads=1, rust_log="warn", body=None):
         self.port = free_port()
@@ -72,7 +75,10 @@ class Gateway:
         with open(self.config, "w") as f:
             f.write(gateway_config(self.port, self.admin_port, db_url, keys_dir, upstream_port, threads, body))
         env = dict(os.environ)
-        env["RUST_LOG"] = rust_log
+        if rust_log:
+            env["RUST_LOG"] = rust_log
+        else:
+            env.pop("RUST_LOG", None)
         env["DATABASE_URL"] = db_url
         env.pop("PORTCULLIS_CONFIG", None)
         self.proc = procs.start(name, [binary, "--config", self.config, "serve"], cpu=cpu, env=env, cwd=tmp)
