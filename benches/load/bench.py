@@ -14,8 +14,10 @@ generator and the static upstream to the other. Measured, in alternating rounds:
 then the same targets with one connection (the latency a proxy adds to one request), at a fixed
 rate with oha (25/50/75 % of protected's saturation: latency added by each proxy, open loop),
 login throughput against the raw argon2 rate, protected p99 under a login storm vs. idle,
-refresh throughput (rotating token chains), revocation propagation between two instances, and
-with --threads N the gateway with N threads against nginx with N workers, nothing pinned.
+refresh throughput (rotating token chains), revocation propagation between two instances, the
+access log's cost and a 13-route operator config (with upstream keep-alive reuse), and with
+--threads N the gateway with N threads against nginx with N workers, nothing pinned.
+--only KEYS runs only some of these (e.g. --only realistic).
 Writes results.json, results.md, latency.svg and added-latency.svg into --out. Standard
 library only.
 

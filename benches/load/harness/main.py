@@ -47,6 +47,7 @@ def parse_args(doc):
     ap.add_argument("--hard-timeout", type=float, help="kill everything after this many seconds")
     ap.add_argument("--render", metavar="DIR", help="only re-render DIR/results.json")
     ap.add_argument("--update-readme", nargs=2, metavar=("README", "DIR"))
+    ap.add_argument("--only", metavar="KEYS", help="run only these measurements, comma-separated module names or results.json keys (e.g. realistic,targets)")
     for m in measurements.modules():
         if hasattr(m, "options"):
             m.options(ap)
@@ -59,7 +60,23 @@ def parse_args(doc):
     if smoke:
         a.refresh_connections = min(a.refresh_connections, 4)
     a.hard_timeout = a.hard_timeout or (180.0 if smoke else 2400.0)
+    if a.only:
+        a.only = {x.strip() for x in a.only.split(",") if x.strip()}
+        known = {n for m in measurements.modules() for n in (m.KEY, module_name(m))}
+        if a.only - known:
+            ap.error(f"--only: unknown measurement(s) {', '.join(sorted(a.only - known))}; known: {', '.join(sorted(known))}")
     return a
+
+
+def module_name(m):
+    return m.__name__.rsplit(".", 1)[1]
+
+
+def wanted(m, args):
+    """Whether this run does measurement `m`: its own wanted(args), narrowed by --only."""
+    if args.only and not {m.KEY, module_name(m)} & args.only:
+        return False
+    return getattr(m, "wanted", lambda a: True)(args)
 
 
 def main(doc):
@@ -68,7 +85,7 @@ def main(doc):
         with open(os.path.join(args.render, "results.json")) as f:
             res = json.load(f)
         res["headline"] = report.headline(res)
-        res["verdicts"] = report.verdicts(res["headline"], res["mode"] == "smoke")
+        res["verdicts"] = report.verdicts(res["headline"], res["mode"] == "smoke", set(res))
         report.write_outputs(res, args.render)
         return 0
     if args.update_readme:
@@ -202,8 +219,13 @@ def run(ctx):
     ctx.targets = [direct] + gateway.targets(gw, ctx.auth_header)
     ctx.peers = []
     peer_modules = peers.modules()
+    mods = [m for m in measurements.modules() if wanted(m, args)]
+    if args.only:
+        notes.append(f"only these measurements (--only): {', '.join(m.TITLE for m in mods)}")
     if args.no_peers:
         notes.append("peers skipped (--no-peers)")
+    elif not any(m.PEERS for m in mods):
+        notes.append("peers not started: no measurement of this run compares them")
     else:
         peers.start_all(ctx)
 
@@ -226,14 +248,13 @@ def run(ctx):
             "login_connections": args.login_connections,
             "refresh_connections": args.refresh_connections,
             "revocations": args.revocations,
-            "gateway": {"threads": 1, "algorithm": "ES256", "argon2": "m=19456 t=2 p=1 (defaults)", "rate_limits": 0, "RUST_LOG": "warn"},
+            "gateway": {"threads": 1, "algorithm": "ES256", "argon2": "m=19456 t=2 p=1 (defaults)", "rate_limits": 0, "RUST_LOG": "warn", "access_log": "on (log.access_log default; RUST_LOG does not filter it)"},
         },
         "checks": ctx.checks,
         "notes": notes,
     }
     ctx.res = res
 
-    mods = [m for m in measurements.modules() if getattr(m, "wanted", lambda a: True)(args)]
     last_with_peers = max((i for i, m in enumerate(mods) if m.PEERS), default=-1)
     for i, m in enumerate(mods):
         if m.ESSENTIAL:
@@ -251,7 +272,7 @@ def run(ctx):
 
     res["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     res["headline"] = report.headline(res)
-    res["verdicts"] = report.verdicts(res["headline"], args.smoke)
+    res["verdicts"] = report.verdicts(res["headline"], args.smoke, set(res))
     report.write_outputs(res, ctx.out_dir)
     print()
     print(report.render_md(res))

@@ -47,9 +47,12 @@ def headline(res):
     return h
 
 
-def verdicts(h, smoke):
+def verdicts(h, smoke, keys):
+    """Verdict rows of the measurements in `keys` (results.json keys: those this run did)."""
     out = []
     for m in _modules():
+        if m.KEY not in keys:
+            continue
         for name, value, ok, spec in m.verdicts(h) if hasattr(m, "verdicts") else []:
             met = None if (value is None or smoke) else bool(ok(value))
             out.append({"target": name, "value": value, "shown": spec.format(value) if value is not None else "—", "met": met})
@@ -77,7 +80,7 @@ def render_md(res):
     else:
         lines.append("No CPU pinning (fewer than 2 CPUs or no taskset): numbers are indicative only.")
     lines.append("")
-    mods = _modules()
+    mods = [m for m in _modules() if m.KEY in res]  # only what this run measured (--only)
     for mod in mods:
         if hasattr(mod, "md_tables"):
             lines += mod.md_tables(res)

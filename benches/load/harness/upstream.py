@@ -13,9 +13,15 @@ from .peers.nginx import start_nginx
 from .procs import HERE, free_port, log, tail
 
 
-def start_nginx_upstream(procs, tmp, cpu, port, name="nginx-upstream", workers=1):
+def start_nginx_upstream(procs, tmp, cpu, port, name="nginx-upstream", workers=1, status_path=None):
+    """`status_path`: also serve nginx's stub_status there (accepted connections and requests,
+    counted by nginx itself; measurements/realistic.py derives upstream keep-alive reuse)."""
+    status = f"""
+    location = {status_path} {{
+      stub_status;
+    }}""" if status_path else ""
     return start_nginx(procs, name, tmp, cpu, f"""  server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096;{status}
     location / {{
       default_type application/json;
       return 200 '{{"ok":true}}\\n';
