@@ -270,7 +270,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         .filter(|l| l.contains("portcullis.service"))
         .collect();
     assert!(about_unit.is_empty(), "{stderr}");
-    // The reload is the listener hand-over, in the order Pingora documents.
+    // The reload checks the new binary and config first (a failure leaves the old daemon
+    // serving), then the listener hand-over, in the order Pingora documents.
     let reloads: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("ExecReload="))
@@ -278,6 +279,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert_eq!(
         reloads,
         vec![
+            "/usr/local/bin/portcullis --config /etc/portcullis/config.toml check-config",
             "/bin/kill -QUIT $MAINPID",
             "/usr/local/bin/portcullis --config /etc/portcullis/config.toml serve --upgrade --daemon"
         ]
