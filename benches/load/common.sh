@@ -37,6 +37,30 @@ static_upstream() {
     location / { default_type application/json; return 200 '{\"ok\":true}\n'; } }"
 }
 
+# gateway_sections DATABASE UPSTREAM_PORT: the config sections every shell benchmark shares —
+# its own database, cheap argon2 and no login rate limits (logins are setup here, not what is
+# measured), and the protected route /api/ to the upstream on UPSTREAM_PORT. [server] and
+# [tokens] are each script's own.
+gateway_sections() {
+  cat <<EOF
+[database]
+url = "postgres://postgres@127.0.0.1:5432/$1"
+pool_size = 4
+[passwords]
+argon2_memory_kib = 256
+argon2_iterations = 1
+[rate_limit]
+login_per_minute_per_ip = 0
+register_per_minute_per_ip = 0
+[[upstream]]
+name = "api"
+addrs = ["127.0.0.1:$2"]
+[[route]]
+prefix = "/api/"
+upstream = "api"
+EOF
+}
+
 # wait_ready ADMIN_PORT LOG: waits up to 60 s for /readyz; prints LOG and fails otherwise.
 wait_ready() {
   for _ in $(seq 1 300); do

@@ -27,30 +27,15 @@ trap cleanup EXIT
 
 source benches/load/common.sh
 up=$(free_port); port=$(free_port); admin=$(free_port)
-db="postgres://postgres@127.0.0.1:5432/portcullis_instr_$$"
 cat >"$dir/config.toml" <<EOF
 [server]
 listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$admin"
 threads = 1
 upgrade_sock = "$dir/upgrade.sock"
-[database]
-url = "$db"
-pool_size = 4
 [tokens]
 keys_dir = "$dir/keys"
-[passwords]
-argon2_memory_kib = 256
-argon2_iterations = 1
-[rate_limit]
-login_per_minute_per_ip = 0
-register_per_minute_per_ip = 0
-[[upstream]]
-name = "api"
-addrs = ["127.0.0.1:$up"]
-[[route]]
-prefix = "/api/"
-upstream = "api"
+$(gateway_sections "portcullis_instr_$$" "$up")
 [[route]]
 prefix = "/public/"
 upstream = "api"

@@ -66,26 +66,12 @@ upgrade_sock = "$dir/upgrade.sock"
 [server.tls]
 listen = "127.0.0.1:$tls"
 certs = [ { cert = "$dir/cert.pem", key = "$dir/key.pem" } ]
-[database]
-url = "postgres://postgres@127.0.0.1:5432/portcullis_tls_$$"
-pool_size = 4
 [tokens]
 algorithm = "ES256"
 keys_dir = "$dir/keys"
-[passwords]
-argon2_memory_kib = 256
-argon2_iterations = 1
-[rate_limit]
-login_per_minute_per_ip = 0
-register_per_minute_per_ip = 0
 [log]
 access_log = false
-[[upstream]]
-name = "api"
-addrs = ["127.0.0.1:$up"]
-[[route]]
-prefix = "/api/"
-upstream = "api"
+$(gateway_sections "portcullis_tls_$$" "$up")
 EOF
 RUST_LOG=warn taskset -c 0 "$bin" --config "$dir/config.toml" serve >"$dir/gateway.log" 2>&1 & pids+=($!)
 wait_ready "$admin" "$dir/gateway.log"

@@ -51,24 +51,10 @@ admin_listen = "127.0.0.1:$admin"
 threads = $threads
 work_stealing = $1
 upgrade_sock = "$dir/upgrade.sock"
-[database]
-url = "postgres://postgres@127.0.0.1:5432/$db"
-pool_size = 4
 [tokens]
 algorithm = "ES256"
 keys_dir = "$dir/keys"
-[passwords]
-argon2_memory_kib = 256
-argon2_iterations = 1
-[rate_limit]
-login_per_minute_per_ip = 0
-register_per_minute_per_ip = 0
-[[upstream]]
-name = "api"
-addrs = ["127.0.0.1:$up"]
-[[route]]
-prefix = "/api/"
-upstream = "api"
+$(gateway_sections "$db" "$up")
 EOF
   RUST_LOG=warn "$bin" --config "$dir/config.toml" serve >"$dir/gateway.log" 2>&1 &
   gw=$!
