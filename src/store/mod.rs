@@ -26,6 +26,11 @@ pub use oidc::{OidcLink, OidcState};
 pub use sessions::{NewSession, RefreshOutcome, Successor};
 pub use users::{AdminUpdate, AdminUpdateOutcome, StoredUser};
 
+/// Log targets of the database driver. At debug it logs every statement's parameters —
+/// password hashes, session secrets, refresh-token hashes — so the log setup caps these at
+/// INFO whatever `RUST_LOG` asks for (`telemetry::may_log`).
+pub const DRIVER_LOG_TARGETS: &[&str] = &["tokio_postgres", "postgres_protocol"];
+
 /// The notification channel every revocation is announced on.
 pub const REVOCATION_CHANNEL: &str = "portcullis_revocation";
 

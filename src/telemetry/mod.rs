@@ -9,6 +9,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::store::DRIVER_LOG_TARGETS;
+
 /// `portcullis_requests_total` for one route label, each status's series resolved on its first
 /// use and kept: counting a request is then one atomic add, without hashing the label values
 /// or formatting the status as `with_label_values` does on every call.
@@ -53,24 +55,21 @@ impl std::fmt::Debug for StatusCounters {
     }
 }
 
-/// Targets whose verbose output carries secrets, and the most verbose level each may log at,
-/// whatever `RUST_LOG` asks for: the database driver logs every statement's parameters at
-/// debug (password hashes, session secrets, refresh-token hashes); Pingora logs whole request
-/// headers (`Authorization` included) at trace.
-const SECRET_BEARING_TARGETS: &[(&str, tracing::Level)] = &[
-    ("tokio_postgres", tracing::Level::INFO),
-    ("postgres_protocol", tracing::Level::INFO),
-    ("pingora_core", tracing::Level::DEBUG),
-    ("pingora_proxy", tracing::Level::DEBUG),
-    ("pingora_http", tracing::Level::DEBUG),
-];
+/// Pingora's targets, which log whole request headers (`Authorization` included) at trace:
+/// capped at DEBUG. The database driver's are capped at INFO ([`DRIVER_LOG_TARGETS`]).
+const PINGORA_LOG_TARGETS: &[&str] = &["pingora_core", "pingora_proxy", "pingora_http"];
 
-/// Whether an event may be logged at all: drops the secret-bearing output at every level.
+/// Whether an event may be logged at all: drops the secret-bearing output at every level,
+/// whatever `RUST_LOG` asks for.
 pub fn may_log(target: &str, level: &tracing::Level) -> bool {
-    SECRET_BEARING_TARGETS.iter().all(|(t, cap)| {
-        level <= cap
-            || !(target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
-    })
+    let within = |targets: &[&str], cap: tracing::Level| {
+        *level <= cap
+            || !targets.iter().any(|t| {
+                target == *t || target.strip_prefix(t).is_some_and(|r| r.starts_with("::"))
+            })
+    };
+    within(DRIVER_LOG_TARGETS, tracing::Level::INFO)
+        && within(PINGORA_LOG_TARGETS, tracing::Level::DEBUG)
 }
 
 /// Keeps the background log writer alive: dropping it flushes the lines still queued, so
