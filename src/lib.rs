@@ -141,10 +141,8 @@ pub fn build_server(
         revocations.clone(),
         config.revocation.on_db_error,
     );
-    if config.revocation.on_db_error == config::OnDbError::Allow {
-        tracing::warn!(
-            "revocation.on_db_error = \"allow\": tokens are accepted when their status cannot be checked"
-        );
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
     }
     let metrics = telemetry::Metrics::new()?;
     let listen = config.server.listen.to_string();
@@ -174,21 +172,17 @@ pub fn build_server(
     // The TLS listener is a second endpoint of the same service: same phases, same rules.
     let resolver = match &config.server.tls {
         Some(tls) => {
-            let resolver = Arc::new(tls::CertResolver::load(
-                &tls.certs,
-                tls.min_version,
-                config.acme.enabled,
-            )?);
+            let resolver = Arc::new(tls::CertResolver::load(&tls.certs, config.acme.enabled)?);
             for (names, not_after) in resolver.current().summary() {
                 tracing::info!(?names, not_after, "TLS certificate loaded");
             }
-            let settings = proxy::edge::tls_settings(resolver.clone(), tls.http2)
+            let tls13_only = tls.min_version == config::TlsVersion::V1_3;
+            let settings = proxy::edge::tls_settings(resolver.clone(), tls.http2, tls13_only)
                 .map_err(|e| BuildError::TlsListener(e.to_string()))?;
             proxy.add_tls_with_settings(&tls.listen.to_string(), None, settings);
-            let tls13_only = tls.min_version == config::TlsVersion::V1_3;
             proxy
                 .endpoints()
-                .set_pre_tls_callback(proxy::edge::first_bytes(tls13_only));
+                .set_pre_tls_callback(proxy::edge::first_bytes());
             Some(resolver)
         }
         None => None,

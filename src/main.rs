@@ -128,7 +128,8 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::CheckConfig | Command::Serve { .. }) {
         // Certificate files are checked where they are used, not by every subcommand; before
         // a daemon detaches, so the problems reach the terminal.
-        let problems = portcullis::tls::check(&config, &cli.config);
+        let mut problems = portcullis::tls::check(&config, &cli.config);
+        problems.extend(cli::daemon::check_upgrade_sock(&config, &cli.config));
         if !problems.is_empty() {
             return invalid(&cli.config, &problems);
         }

@@ -145,7 +145,9 @@ impl Authorizer {
     /// then open tunnels whose session no longer stands are closed (a user event re-checks
     /// each of the user's tunnels through the cache, i.e. one query per session).
     pub async fn apply_revocation(&self, event: RevocationEvent) {
-        self.revocations.apply(event);
+        // Finished before the tunnels are looked at: a tunnel registered from now on re-checks
+        // its session against a cache that no longer trusts it (see `open_tunnel`).
+        self.revocations.forget(event).await;
         if let RevocationEvent::Session(sid) = event {
             self.tunnels.close_session(sid);
             return;
@@ -162,6 +164,20 @@ impl Authorizer {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Registers an open WebSocket tunnel of verified `claims`, then checks its session once
+    /// more: a revocation that arrived between the request's authorization and this
+    /// registration found no tunnel to close, so without this check the tunnel would outlive
+    /// its session. `Err` (the tunnel is not kept) when the session no longer stands.
+    pub async fn open_tunnel(
+        &self,
+        claims: Arc<Claims>,
+        close: Closer,
+    ) -> Result<TunnelGuard, Denial> {
+        let guard = self.tunnels.register(claims.clone(), close);
+        self.check_status(claims).await?;
+        Ok(guard)
     }
 
     /// The shared revocation cache (for the LISTEN service).

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use portcullis::config::{Config, Problem};
 
 /// How long the daemon may take to accept on all its listeners before it gives up telling the
 /// waiting parent (which then exits 1); the daemon itself keeps running and logging.
@@ -98,11 +99,84 @@ pub fn daemonize() -> anyhow::Result<Ready> {
 /// Writes this process's pid to `path` through a temporary file and a rename, so a reader
 /// (systemd, `kill $(cat …)`) never sees a partial file and an upgrade's new process replaces
 /// the old one's in one step.
+///
+/// The temporary file is created new (`O_EXCL`, so never through a symlink someone planted
+/// under its name), with a name no other process uses, and removed if anything fails.
 pub fn write_pid_file(path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    let tmp = path.with_extension(format!("pid.{}.tmp", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// `server.upgrade_sock`'s directory, checked by `check-config` and `serve`: whoever listens
+/// on the socket when the running instance is told to hand over (SIGQUIT) receives its
+/// listening sockets, and reads every password and token sent to them. So the directory must
+/// be writable only by its owner, and that owner must be this user or root. A directory that
+/// does not exist yet is fine: [`prepare_upgrade_dir`] creates it owner-only.
+pub fn check_upgrade_sock(config: &Config, path: &Path) -> Vec<Problem> {
+    let sock = Path::new(&config.server.upgrade_sock);
+    let problem = |msg: String| Problem::located(path, "server.upgrade_sock".to_string(), msg);
+    let dir = upgrade_dir(sock);
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Vec::new();
+    };
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = meta.mode() & 0o7777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_dir() {
+        vec![problem(format!("{} is not a directory", dir.display()))]
+    } else if mode & 0o022 != 0 {
+        vec![problem(format!(
+            "its directory {} is writable by group or others (mode {mode:o}): another local \
+             user could take the listening sockets over; use a private directory (chmod go-w)",
+            dir.display()
+        ))]
+    } else if meta.uid() != me && meta.uid() != 0 {
+        vec![problem(format!(
+            "its directory {} belongs to uid {}, not to this user (uid {me}) or root",
+            dir.display(),
+            meta.uid()
+        ))]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Creates `server.upgrade_sock`'s directory owner-only (0700) when it does not exist.
+pub fn prepare_upgrade_dir(sock: &str) -> anyhow::Result<()> {
+    let dir = upgrade_dir(Path::new(sock));
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| {
+        format!(
+            "cannot create server.upgrade_sock's directory {}",
+            dir.display()
+        )
+    })
+}
+
+/// The directory a socket path lies in (`.` for a bare file name).
+fn upgrade_dir(sock: &Path) -> &Path {
+    match sock.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Removes the pid file at exit, unless it no longer holds this pid (an upgrade's new process

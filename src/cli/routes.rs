@@ -29,7 +29,8 @@ pub enum RoutesCommand {
         #[arg(long)]
         host: Option<String>,
         /// A real access token, verified with the keys in tokens.keys_dir (revocation cannot
-        /// be checked offline).
+        /// be checked offline). `-` reads it from stdin, so a live token stays out of argv
+        /// (`ps`, shell history).
         #[arg(long)]
         token: Option<String>,
         /// Stand for a valid token with this role (user or admin).
@@ -63,6 +64,10 @@ pub fn run(config: &Config, command: RoutesCommand) -> anyhow::Result<()> {
             let policy = PathPolicy {
                 allow_path_parameters: config.server.allow_path_parameters,
             };
+            let token = match token.as_deref() {
+                Some("-") => Some(token_from_stdin()?),
+                _ => token,
+            };
             let tokens = match &token {
                 Some(_) => Some(token_service(config)?),
                 None => None,
@@ -86,6 +91,19 @@ pub fn run(config: &Config, command: RoutesCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--token -`: the token is the first line of stdin.
+fn token_from_stdin() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the token from stdin")?;
+    let token = line.trim();
+    if token.is_empty() {
+        bail!("--token -: no token on stdin");
+    }
+    Ok(token.to_string())
 }
 
 /// The token service over the configured keys, without creating one when the directory is

@@ -12,6 +12,9 @@ use super::runtime;
 
 /// `check-config`: the config already loaded and validated; say so.
 pub fn check_config(config: &Config, path: &Path) -> anyhow::Result<()> {
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: valid ({} routes, {} upstreams)",
         path.display(),
@@ -53,6 +56,7 @@ pub fn serve(
         // Migrations run on their own short-lived runtime, before Pingora owns the process.
         migrate(&config, false).context("auto-migration failed")?;
     }
+    daemon::prepare_upgrade_dir(&config.server.upgrade_sock)?;
     let pid_file = config.server.pid_file.clone().map(PathBuf::from);
     let mut listeners = vec![config.server.listen, config.server.admin_listen];
     listeners.extend(config.server.tls.as_ref().map(|tls| tls.listen));

@@ -97,7 +97,9 @@ pub struct Server {
     /// Let `;` path parameters through (refused by default: Java backends strip them).
     pub allow_path_parameters: bool,
     /// Unix socket through which `serve --upgrade` takes over the listening sockets of the
-    /// running instance; old and new process must agree on it.
+    /// running instance; old and new process must agree on it. Its directory must be private
+    /// (whoever listens there receives the listening sockets): the default lies beside the
+    /// default `keys_dir`, never in a shared directory such as /tmp.
     pub upgrade_sock: String,
     /// File the serving process writes its pid to (replacing an older one) and removes on exit
     /// if it still holds its pid: how a supervisor (systemd's `PIDFile=`) finds the daemon of
@@ -118,6 +120,9 @@ pub struct Server {
     /// Most client connections open at once on the proxy listeners (plain and TLS
     /// together); a connection over it is closed at once. `0` = no limit.
     pub max_connections: usize,
+    /// Most client connections open at once from one client address (the TCP peer, so a
+    /// load balancer in front counts as one client); `0` = no limit.
+    pub max_connections_per_ip: usize,
     /// `[server.tls]`: a TLS listener beside the plain one; absent = no TLS.
     pub tls: Option<Tls>,
 }
@@ -132,13 +137,14 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             shutdown_grace_secs: 5,
             allow_path_parameters: false,
-            upgrade_sock: "/tmp/portcullis_upgrade.sock".into(),
+            upgrade_sock: "run/upgrade.sock".into(),
             pid_file: None,
             max_header_bytes: 16384,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             keepalive_timeout_secs: 60,
             max_connections: 10_000,
+            max_connections_per_ip: 0,
             tls: None,
         }
     }

@@ -64,6 +64,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Valid settings an operator should hear about: `check-config` prints them and `serve`
+    /// logs them at WARN.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.server.admin_listen.ip().is_loopback() {
+            w.push(format!(
+                "server.admin_listen {} is not a loopback address: the admin listener has no \
+                 authentication, so /metrics and /routes answer anyone who reaches it \
+                 (bind it to 127.0.0.1 or firewall the port)",
+                self.server.admin_listen
+            ));
+        }
+        if self.revocation.on_db_error == OnDbError::Allow {
+            w.push(
+                "revocation.on_db_error = \"allow\": tokens are accepted when their status \
+                 cannot be checked"
+                    .to_string(),
+            );
+        }
+        w
+    }
+
     /// Parses and validates configuration text (no environment overrides).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {

@@ -22,24 +22,28 @@ use crate::config::Config;
 use crate::tls::hello::{self, Start};
 use crate::tls::{CertResolver, redirect};
 
-/// The TLS listener's settings: our SNI resolver, h2 offered by ALPN when `http2`.
-pub fn tls_settings(resolver: Arc<CertResolver>, http2: bool) -> pingora::Result<TlsSettings> {
+/// The TLS listener's settings: our SNI resolver, h2 offered by ALPN when `http2`, TLS 1.2
+/// left out of the protocol versions when `tls13_only` (through our pingora-core patch).
+pub fn tls_settings(
+    resolver: Arc<CertResolver>,
+    http2: bool,
+    tls13_only: bool,
+) -> pingora::Result<TlsSettings> {
     // Empty paths: the resolver supplies every certificate, so Pingora never reads a file
     // (and never panics on one).
     let mut settings = TlsSettings::intermediate("", "")?;
     settings.set_cert_resolver(resolver);
+    settings.set_tls13_only(tls13_only);
     settings.set_alpn(if http2 { ALPN::H2H1 } else { ALPN::H1 });
     Ok(settings)
 }
 
 /// The TLS port's look at a connection's first bytes, before rustls sees them.
-pub fn first_bytes(tls13_only: bool) -> Arc<dyn PreTlsProcess> {
-    Arc::new(FirstBytes { tls13_only })
+pub fn first_bytes() -> Arc<dyn PreTlsProcess> {
+    Arc::new(FirstBytes)
 }
 
-struct FirstBytes {
-    tls13_only: bool,
-}
+struct FirstBytes;
 
 /// What a plain-HTTP client on the TLS port reads.
 const PLAIN_HTTP_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
@@ -52,35 +56,18 @@ fn refused(why: &'static str) -> Box<Error> {
 #[async_trait]
 impl PreTlsProcess for FirstBytes {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
-        // Pingora bounds the whole handshake (this included) with its own timeout.
+        // The handshake deadline (header_timeout_secs) bounds this too.
         let mut head = [0u8; hello::RECORD_HEADER_LEN];
         stream
             .read_exact(&mut head)
             .await
             .map_err(|_| refused("the client closed before a TLS record"))?;
-        let mut seen = head.to_vec();
-        match hello::classify(&head) {
-            Start::PlainHttp => {
-                let _ = stream.write_all(PLAIN_HTTP_REFUSAL).await;
-                let _ = stream.flush().await;
-                return Err(refused("plain HTTP sent to the TLS port"));
-            }
-            Start::Handshake(len) if self.tls13_only => {
-                let mut record = vec![0u8; len];
-                stream
-                    .read_exact(&mut record)
-                    .await
-                    .map_err(|_| refused("the client closed inside its ClientHello"))?;
-                if hello::offers_tls13(&record) == Some(false) {
-                    let _ = stream.write_all(&hello::PROTOCOL_VERSION_ALERT).await;
-                    let _ = stream.flush().await;
-                    return Err(refused("the client does not offer TLS 1.3 (min_version)"));
-                }
-                seen.extend(record);
-            }
-            Start::Handshake(_) | Start::Other => {}
+        if hello::classify(&head) == Start::PlainHttp {
+            let _ = stream.write_all(PLAIN_HTTP_REFUSAL).await;
+            let _ = stream.flush().await;
+            return Err(refused("plain HTTP sent to the TLS port"));
         }
-        stream.rewind(&seen);
+        stream.rewind(&head);
         Ok(())
     }
 }

@@ -112,8 +112,9 @@ impl Forwarding {
         // Headers named in Connection are hop-by-hop; honour that, but never for a header we
         // set ourselves — and never let it remove identity headers.
         let connection_tokens: Vec<String> = connection_tokens(req).collect();
-        // A WebSocket handshake keeps its `Upgrade` (hop-by-hop, but the upstream must see it
-        // to switch protocols); any other upgrade (h2c, …) is dropped.
+        // A WebSocket handshake reaches the upstream with exactly `Upgrade: websocket`
+        // (hop-by-hop, but the upstream must see it to switch protocols); any other protocol
+        // offered beside it (h2c, …) and `HTTP2-Settings` are dropped.
         let websocket = is_websocket(req);
         let remove: Vec<HeaderName> = req
             .headers
@@ -127,6 +128,7 @@ impl Forwarding {
                         && !protected(n)
                         && !(websocket && n == "upgrade"))
                     || n == "connection"
+                    || n == "http2-settings"
                     || n == "keep-alive"
                     || n == "proxy-connection"
                     || n == "x-request-id"
@@ -138,6 +140,7 @@ impl Forwarding {
         }
         if websocket {
             req.insert_header("Connection", "upgrade")?;
+            req.insert_header("Upgrade", "websocket")?;
         }
         if let Some(c) = identity {
             req.insert_header(self.user_id.clone(), c.sub.to_string())?;
@@ -299,6 +302,16 @@ pub fn check_framing(
             "the request has both Content-Length and Transfer-Encoding",
         ));
     }
+    if counts.transfer_encoding > 0 && !only_chunked(req) {
+        // RFC 9112 §6.1: a coding the server does not understand is 501; `chunked` twice (or
+        // not last) is not a framing the gateway will guess at. Either way nothing is
+        // forwarded: re-framing the body would silently drop the other codings.
+        return Err(ApiError::new(
+            501,
+            "not_implemented",
+            "only \"Transfer-Encoding: chunked\" is supported",
+        ));
+    }
     match counts.host {
         // HTTP/2 carries the host in `:authority`.
         0 if req.version == http::Version::HTTP_2 && req.uri.authority().is_some() => {}
@@ -318,6 +331,22 @@ pub fn check_framing(
         ));
     }
     Ok(())
+}
+
+/// Whether every `Transfer-Encoding` header together names exactly one coding, `chunked`,
+/// and nothing else, not even an empty list element.
+fn only_chunked(req: &RequestHeader) -> bool {
+    let mut codings = req
+        .headers
+        .get_all("transfer-encoding")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        // An empty element (`chunked, `) counts: Pingora would not frame that as chunked.
+        .map(<[u8]>::trim_ascii);
+    matches!(
+        (codings.next(), codings.next()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked")
+    )
 }
 
 /// Size of the request head as the limit counts it: every header name and value, plus the
@@ -467,6 +496,32 @@ mod tests {
     }
 
     #[test]
+    fn a_transfer_coding_other_than_one_chunked_is_not_implemented() {
+        for (values, ok) in [
+            (&["chunked"][..], true),
+            (&["Chunked "], true),
+            (&["gzip, chunked"], false),
+            (&["chunked, chunked"], false),
+            (&["gzip", "chunked"], false),
+            (&["chunked", "chunked"], false),
+            (&["identity"], false),
+            (&["chunked, "], false),
+            (&[", chunked"], false),
+        ] {
+            let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+            req.insert_header("Host", "a").unwrap();
+            for v in values {
+                req.append_header("Transfer-Encoding", *v).unwrap();
+            }
+            let checked = check_framing(&req, None);
+            assert_eq!(checked.is_ok(), ok, "{values:?}");
+            if let Err(e) = checked {
+                assert_eq!((e.status, e.code), (501, "not_implemented"), "{values:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_websocket_handshake_keeps_its_upgrade_and_other_upgrades_are_dropped() {
         let f = forwarding(&[]);
         let mut ws = RequestHeader::build("GET", b"/", None).unwrap();
@@ -477,7 +532,7 @@ mod tests {
         assert!(is_websocket(&ws));
         f.rewrite(&mut ws, None, &rid(), None, false, false)
             .unwrap();
-        assert_eq!(ws.headers["upgrade"], "WebSocket");
+        assert_eq!(ws.headers["upgrade"], "websocket");
         assert_eq!(ws.headers["connection"], "upgrade");
         assert_eq!(ws.headers["sec-websocket-key"], "k");
 

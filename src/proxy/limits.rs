@@ -1,10 +1,13 @@
-//! Client connection limits Pingora does not have (issue #11 3c): a cap on open client
-//! connections, a total time for each request head (slowloris), and an idle time for
-//! keep-alive connections.
+//! Client connection limits Pingora does not have: a cap on open client connections (in all
+//! and per client address), a deadline for the TLS handshake, a total time for each request
+//! head (slowloris) and for an HTTP/2 connection's preface, and an idle time for keep-alive
+//! connections.
 //!
-//! [`Limited`] wraps the proxy application as a Pingora [`ServerApp`]: it sees every client
-//! connection of the proxy listeners (plain and TLS, after the TLS handshake) exactly once,
-//! counts it for `server.max_connections`, and hands the application a [`Watched`] stream. The
+//! [`Limited`] wraps the proxy application as a Pingora [`ServerApp`]: it admits every client
+//! connection of the proxy listeners (plain and TLS) as soon as it is accepted, before the TLS
+//! handshake, counts it for `server.max_connections` and `server.max_connections_per_ip` until
+//! it closes, bounds the handshake by `server.header_timeout_secs` (through the hooks of our
+//! pingora-core patch), and hands the application a [`Watched`] stream. The
 //! stream enforces the head and idle deadlines at the socket: a read past the deadline ends the
 //! connection, however Pingora is reading the head, one byte at a time included. The proxy
 //! phases tell the stream where a request is: [`head_done`] when its head has been read (the
@@ -12,14 +15,17 @@
 //! and [`await_next`] when it is over (the connection is then idle until the next request's
 //! first byte, which starts that request's head deadline).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{ConnectionGuard, ServerApp};
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -41,7 +47,9 @@ use crate::telemetry::Metrics;
 pub struct Settings {
     /// Most connections open at once; `0` = no limit.
     pub max_connections: usize,
-    /// Total time for one request head.
+    /// Most connections open at once from one client address; `0` = no limit.
+    pub max_connections_per_ip: usize,
+    /// Total time for one request head, for the TLS handshake, and for an HTTP/2 preface.
     pub header_timeout: Duration,
     /// Idle time between two requests of a keep-alive connection.
     pub keepalive_timeout: Duration,
@@ -52,6 +60,7 @@ impl Settings {
     pub fn new(server: &Server) -> Settings {
         Settings {
             max_connections: server.max_connections,
+            max_connections_per_ip: server.max_connections_per_ip,
             header_timeout: Duration::from_secs(server.header_timeout_secs),
             keepalive_timeout: Duration::from_secs(server.keepalive_timeout_secs),
         }
@@ -64,7 +73,19 @@ struct Counters {
     header_timeout: IntCounter,
     keepalive_timeout: IntCounter,
     max_connections: IntCounter,
+    max_connections_per_ip: IntCounter,
+    handshake_timeout: IntCounter,
+    handshake_errors: IntCounter,
     open: IntGauge,
+}
+
+/// Open connections, in all and by client address.
+#[derive(Debug, Default)]
+struct Open {
+    total: AtomicUsize,
+    /// Only kept when `max_connections_per_ip` is set; an address leaves when its last
+    /// connection closes, so the map holds at most the open connections' addresses.
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// A Pingora application (the proxy) behind the connection limits of [`Settings`].
@@ -72,7 +93,7 @@ pub struct Limited<A> {
     inner: Arc<A>,
     settings: Settings,
     counters: Counters,
-    open: AtomicUsize,
+    open: Arc<Open>,
 }
 
 impl<A> Limited<A> {
@@ -86,27 +107,67 @@ impl<A> Limited<A> {
                 header_timeout: counter("header_timeout"),
                 keepalive_timeout: counter("keepalive_timeout"),
                 max_connections: counter("max_connections"),
+                max_connections_per_ip: counter("max_connections_per_ip"),
+                handshake_timeout: counter("handshake_timeout"),
+                handshake_errors: metrics.tls_handshake_errors.clone(),
                 open: metrics.open_connections.clone(),
             },
-            open: AtomicUsize::new(0),
+            open: Arc::new(Open::default()),
+        }
+    }
+
+    /// Takes a slot for a connection from `ip`, or says which limit refuses it.
+    fn admit(&self, ip: Option<IpAddr>) -> Result<Slot, &'static str> {
+        let mut slot = Slot {
+            open: self.open.clone(),
+            gauge: self.counters.open.clone(),
+            ip: None,
+        };
+        self.counters.open.inc();
+        let before = self.open.total.fetch_add(1, Ordering::AcqRel);
+        let max = self.settings.max_connections;
+        if max > 0 && before >= max {
+            return Err("max_connections");
+        }
+        let per_ip = self.settings.max_connections_per_ip;
+        match ip {
+            Some(ip) if per_ip > 0 => {
+                let mut by_ip = self.open.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+                let n = by_ip.entry(ip).or_insert(0);
+                if *n >= per_ip {
+                    return Err("max_connections_per_ip");
+                }
+                *n += 1;
+                slot.ip = Some(ip);
+                Ok(slot)
+            }
+            _ => Ok(slot),
         }
     }
 }
 
-/// Gives the connection slot back when the connection ends, however it ends.
-struct Slot<'a>(&'a AtomicUsize, &'a IntGauge);
-
-impl<'a> Slot<'a> {
-    fn take(open: &'a AtomicUsize, gauge: &'a IntGauge) -> (Slot<'a>, usize) {
-        gauge.inc();
-        (Slot(open, gauge), open.fetch_add(1, Ordering::AcqRel))
-    }
+/// Gives the connection slot back when the connection ends, however it ends (also when it
+/// was refused: the count was taken before the check).
+struct Slot {
+    open: Arc<Open>,
+    gauge: IntGauge,
+    /// Counted in `by_ip` under this address.
+    ip: Option<IpAddr>,
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        self.1.dec();
+        self.open.total.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+        if let Some(ip) = self.ip {
+            let mut by_ip = self.open.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = by_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_ip.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -115,26 +176,51 @@ impl<A> ServerApp for Limited<A>
 where
     A: ServerApp + Send + Sync + 'static,
 {
+    fn accepted(&self, peer: Option<&SocketAddr>) -> Option<ConnectionGuard> {
+        match self.admit(peer.and_then(|p| p.as_inet()).map(|a| a.ip())) {
+            Ok(slot) => Some(Box::new(slot)),
+            Err(limit) => {
+                // Closed before a byte is read (the TLS handshake included): the cheapest
+                // answer, and the one that cannot be misread.
+                match limit {
+                    "max_connections" => self.counters.max_connections.inc(),
+                    _ => self.counters.max_connections_per_ip.inc(),
+                }
+                tracing::debug!(limit, "connection limit reached: connection closed");
+                None
+            }
+        }
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.settings.header_timeout
+    }
+
+    fn handshake_failed(&self, _peer: Option<&SocketAddr>, error: Option<&pingora::Error>) {
+        // A scanner, a plain-HTTP probe or an aborted client: counted, logged below ERROR so
+        // that nobody can flood the log with handshakes.
+        match error {
+            Some(e) => {
+                self.counters.handshake_errors.inc();
+                tracing::debug!(error = %e, "TLS handshake failed");
+            }
+            None => {
+                self.counters.handshake_timeout.inc();
+                tracing::debug!("TLS handshake not complete in time (header_timeout_secs)");
+            }
+        }
+    }
+
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (_slot, before) = Slot::take(&self.open, &self.counters.open);
-        let max = self.settings.max_connections;
-        if max > 0 && before >= max {
-            // Closed before a byte is read: the cheapest answer, and the one that cannot be
-            // misread (a 503 on an HTTP/2 connection would need a handshake first).
-            self.counters.max_connections.inc();
-            tracing::debug!(max, "max_connections reached: connection closed");
-            return None;
-        }
-        // HTTP/2 multiplexes requests on one connection: a per-request head deadline does not
-        // apply there; Pingora's h2 idle timeout (set to keepalive_timeout) bounds it instead.
+        // The connection's slot is held by the listener task since `accepted`.
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let watched = Watched::new(stream, &self.settings, self.counters.clone(), h2);
         // The proxy serves every request of a connection (keep-alive included) inside this
-        // call and returns None: the slot is held for the connection's whole life.
+        // call and returns None.
         self.inner.process_new(Box::new(watched), shutdown).await
     }
 
@@ -151,7 +237,8 @@ const AWAIT_NEXT: u8 = 2;
 /// What the stream is timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// A request head is being read; `started` once a byte of it has arrived.
+    /// A request head (on HTTP/2: the connection preface and the first SETTINGS frame) is
+    /// being read; `started` once a byte of it has arrived.
     Head { started: bool },
     /// Between two requests of a keep-alive connection, nothing of the next one yet.
     Idle,
@@ -166,8 +253,10 @@ pub struct Watched {
     inner: Stream,
     news: AtomicU8,
     phase: Phase,
-    /// HTTP/2: never timed here (see `process_new`).
+    /// HTTP/2: only the opening is timed here; then Pingora's h2 idle timeout applies.
     h2: bool,
+    /// HTTP/2: how far the opening has arrived.
+    opening: H2Opening,
     header_timeout: Duration,
     keepalive_timeout: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -188,14 +277,14 @@ impl Watched {
         Watched {
             inner,
             news: AtomicU8::new(NO_NEWS),
-            // The first head is timed from the connection's start: a client that connects and
-            // sends nothing is as slow as one that sends half a head.
-            phase: if h2 {
-                Phase::Off
-            } else {
-                Phase::Head { started: false }
-            },
+            // The first head is timed from the connection's start (after the TLS handshake,
+            // which has its own deadline): a client that connects and sends nothing is as slow
+            // as one that sends half a head. On HTTP/2 the "head" is the connection's opening:
+            // without this deadline a client that completes TLS and sends nothing would hold
+            // its connection slot forever (h2's idle timeout starts after the preface).
+            phase: Phase::Head { started: false },
             h2,
+            opening: H2Opening::default(),
             header_timeout: settings.header_timeout,
             keepalive_timeout: settings.keepalive_timeout,
             deadline: Box::pin(tokio::time::sleep(settings.header_timeout)),
@@ -249,6 +338,49 @@ impl Watched {
     }
 }
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
+/// An HTTP/2 frame header: 24-bit length, type, flags, stream id.
+const H2_FRAME_HEADER_LEN: usize = 9;
+
+/// How much of an HTTP/2 client's opening (the preface, then its first frame, which must be
+/// SETTINGS) has arrived; the content is Pingora's to check, only the length matters here.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct H2Opening {
+    /// Bytes seen so far.
+    seen: usize,
+    /// The first frame header's bytes, as they arrive.
+    frame_header: [u8; H2_FRAME_HEADER_LEN],
+}
+
+impl H2Opening {
+    /// Takes the next bytes read; true once the whole opening has arrived.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if let Some(i) = self.seen.checked_sub(H2_PREFACE_LEN)
+                && let Some(slot) = self.frame_header.get_mut(i)
+            {
+                *slot = b;
+            }
+            self.seen += 1;
+            if self.complete() {
+                return true;
+            }
+        }
+        self.complete()
+    }
+
+    fn complete(&self) -> bool {
+        let header_end = H2_PREFACE_LEN + H2_FRAME_HEADER_LEN;
+        if self.seen < header_end {
+            return false;
+        }
+        let [a, b, c, ..] = self.frame_header;
+        let payload = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
+        self.seen >= header_end + payload
+    }
+}
+
 fn watched(session: &Session) -> Option<&Watched> {
     session
         .as_downstream()
@@ -297,6 +429,13 @@ impl AsyncRead for Watched {
                             this.deadline
                                 .as_mut()
                                 .reset(Instant::now() + this.header_timeout);
+                        }
+                        Phase::Head { .. } if this.h2 => {
+                            this.phase = if this.opening.feed(&buf.filled()[before..]) {
+                                Phase::Off
+                            } else {
+                                Phase::Head { started: true }
+                            };
                         }
                         Phase::Head { .. } => this.phase = Phase::Head { started: true },
                         Phase::Off | Phase::Cut => {}

@@ -158,6 +158,9 @@ pub struct Ctx {
     websocket: bool,
     /// Registration of an open WebSocket tunnel, dropped with the request.
     tunnel: Option<TunnelGuard>,
+    /// A refusal decided after the upstream connection was made (a WebSocket whose session
+    /// was revoked meanwhile): `fail_to_proxy` answers it instead of an upstream error.
+    late_denial: Option<access::Denial>,
     /// For the access log: why the gateway refused (`missing_token`, `no_route`…).
     pub deny_reason: Option<&'static str>,
     /// For the access log: the user an /auth request acted for, when known.
@@ -212,6 +215,10 @@ impl Gateway {
         };
         let token = path.strip_prefix(ACME_CHALLENGE_PREFIX)?;
         ctx.pseudo = Pseudo::Acme;
+        if !is_acme_token(token) {
+            // Not something a CA could ask for: no database query for arbitrary input.
+            return Some(Decision::Reject(ApiError::not_found()));
+        }
         Some(match shared.store.acme_challenge(token).await {
             Ok(Some(answer)) => {
                 ctx.status = respond::text(session, answer, &ctx.request_id).await;
@@ -356,6 +363,7 @@ impl ProxyHttp for Gateway {
             status: 0,
             websocket: false,
             tunnel: None,
+            late_denial: None,
             deny_reason: None,
             user_id: None,
             upstream_addr: None,
@@ -425,12 +433,23 @@ impl ProxyHttp for Gateway {
             // down ends Pingora's relay loop, which then closes the client connection.
             match tunnel::closer(fd) {
                 Ok(close) => {
-                    ctx.tunnel = Some(
-                        self.shared
-                            .authorizer
-                            .tunnels()
-                            .register(claims.clone(), close),
-                    );
+                    let opened = self
+                        .shared
+                        .authorizer
+                        .open_tunnel(claims.clone(), close)
+                        .await;
+                    match opened {
+                        Ok(guard) => ctx.tunnel = Some(guard),
+                        Err(denial) => {
+                            // Revoked since the authorization: the handshake never reaches
+                            // the upstream; the client gets the refusal it would get now.
+                            ctx.late_denial = Some(denial);
+                            return Err(Error::explain(
+                                ErrorType::ConnectProxyFailure,
+                                "the session was revoked before its WebSocket tunnel opened",
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot watch a WebSocket tunnel for revocation")
@@ -450,6 +469,13 @@ impl ProxyHttp for Gateway {
         let forward_token = ctx.route.as_ref().is_some_and(|r| r.forward_token);
         if let Some(uri) = ctx.upstream_uri.take() {
             upstream_request.set_uri(uri);
+        }
+        if ctx.websocket {
+            // Pingora keeps `Upgrade` only when it is exactly `websocket`: an offer such as
+            // `websocket, h2c` arrives here without it and would go upstream as a plain GET.
+            // The handshake was authorized as a WebSocket, so it goes up as exactly that.
+            upstream_request.insert_header("Upgrade", "websocket")?;
+            upstream_request.insert_header("Connection", "upgrade")?;
         }
         self.shared.forwarding.rewrite(
             upstream_request,
@@ -479,6 +505,10 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use ErrorType::*;
         let err = match e.etype() {
+            _ if let Some(denial) = ctx.late_denial => {
+                ctx.deny_reason = Some(denial.reason());
+                Some(ApiError::from(denial))
+            }
             // The client's body stopped arriving (server.body_timeout_secs), not the upstream.
             ReadTimedout if e.esource() == &ErrorSource::Downstream => {
                 self.shared
@@ -545,7 +575,9 @@ impl ProxyHttp for Gateway {
                 session.set_keepalive(None);
                 respond::error(session, &err, &ctx.request_id).await
             }
-            None => started.unwrap_or(0),
+            // Nothing could be written: the client left (nginx's 499), or a response was
+            // already under way and is cut short (its status stands).
+            None => started.unwrap_or(CLIENT_CLOSED_REQUEST),
         };
         ctx.status = code;
         FailToProxy {
@@ -554,9 +586,32 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        // Logged in fail_to_proxy at debug/info with a counter: not the gateway's fault.
-        network_failure(e).is_some()
+    fn malformed_request_response(&self) -> Option<(ResponseHeader, bytes::Bytes)> {
+        respond::malformed_request()
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // What Pingora's own error lines name the request by: the method and the normalized
+        // path, never the query string (it carries tokens), plus the request id to find the
+        // access-log line.
+        let req = session.req_header();
+        let path = match &ctx.path {
+            Some(p) => p.clone(),
+            None => {
+                crate::access::normalize_with(req.uri.path(), self.shared.live.load().path_policy)
+                    .unwrap_or_else(|_| "(unparsable path)".to_string())
+            }
+        };
+        format!("{} {path}, request_id: {}", req.method, ctx.request_id)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // Logged in fail_to_proxy at debug/info with a counter: not the gateway's fault; a
+        // late refusal is a refusal, not an error.
+        // The same for a client's stalled body (408, counted as `body_timeout`).
+        let stalled_body =
+            *e.etype() == ErrorType::ReadTimedout && *e.esource() == ErrorSource::Downstream;
+        network_failure(e).is_some() || ctx.late_denial.is_some() || stalled_body
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
@@ -618,6 +673,19 @@ impl ProxyHttp for Gateway {
         });
     }
 }
+
+/// Whether `token` can be an ACME HTTP-01 token: base64url characters only (RFC 8555 §8.3),
+/// of a sane length (CAs send 43; at least 128 bits of entropy is 22).
+fn is_acme_token(token: &str) -> bool {
+    (1..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The status logged and counted for a request the client abandoned before its response
+/// (nginx's convention; never sent).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// `client_disconnect` or `upstream_reset` when a proxy failure is the network's doing (the
 /// client left, or the upstream dropped the connection), not an error of the gateway.

@@ -274,6 +274,30 @@ pub async fn empty(session: &mut Session, status: u16, request_id: &str) -> u16 
     status
 }
 
+/// The 400 for a request whose head Pingora could not parse (an invalid request line, a
+/// malformed header): written before any phase runs, so built whole here, in the same JSON
+/// shape as every other error, closing the connection.
+pub fn malformed_request() -> Option<(ResponseHeader, Bytes)> {
+    let err = ApiError::bad_request("the request head is malformed");
+    let body = serde_json::to_vec(&ErrorBody {
+        error: err.code,
+        message: &err.message,
+    })
+    .ok()?;
+    let mut resp = ResponseHeader::build(err.status, Some(4)).ok()?;
+    resp.insert_header("Content-Type", "application/json")
+        .ok()?;
+    resp.insert_header("Content-Length", body.len().to_string())
+        .ok()?;
+    resp.insert_header("Connection", "close").ok()?;
+    resp.insert_header(
+        "X-Request-Id",
+        super::forward::RequestId::generate().header(),
+    )
+    .ok()?;
+    Some((resp, Bytes::from(body)))
+}
+
 async fn write(
     session: &mut Session,
     status: u16,

@@ -55,8 +55,11 @@ impl std::fmt::Debug for StatusCounters {
     }
 }
 
-/// Pingora's targets, which log whole request headers (`Authorization` included) at trace:
-/// capped at DEBUG. The database driver's are capped at INFO ([`DRIVER_LOG_TARGETS`]).
+/// Pingora's targets: at trace they log whole request headers (`Authorization` included), at
+/// debug the upstream request (`Cookie`, `Authorization` on `forward_token` routes) and the
+/// upstream tasks (`Set-Cookie`, body bytes, WebSocket frames), so they are capped at INFO,
+/// like the database driver's ([`DRIVER_LOG_TARGETS`]): no level an operator can choose below
+/// trace carries a credential.
 const PINGORA_LOG_TARGETS: &[&str] = &["pingora_core", "pingora_proxy", "pingora_http"];
 
 /// Whether an event may be logged at all: drops the secret-bearing output at every level,
@@ -69,7 +72,7 @@ pub fn may_log(target: &str, level: &tracing::Level) -> bool {
             })
     };
     within(DRIVER_LOG_TARGETS, tracing::Level::INFO)
-        && within(PINGORA_LOG_TARGETS, tracing::Level::DEBUG)
+        && within(PINGORA_LOG_TARGETS, tracing::Level::INFO)
 }
 
 /// Keeps the background log writer alive: dropping it flushes the lines still queued, so
@@ -159,9 +162,13 @@ pub struct Metrics {
     /// logged below ERROR because they are the network's doing, not the gateway's.
     pub connection_errors: IntCounterVec,
     /// `portcullis_client_limits_total{limit}`: client connections cut or refused by a limit
-    /// (`header_timeout`, `body_timeout`, `keepalive_timeout`, `max_connections`), so an
+    /// (`header_timeout`, `body_timeout`, `keepalive_timeout`, `max_connections`,
+    /// `max_connections_per_ip`, `handshake_timeout`), so an
     /// operator sees slow or flooding clients without debug logs.
     pub client_limits: IntCounterVec,
+    /// `portcullis_tls_handshake_errors_total`: TLS handshakes that failed (scanners,
+    /// plain-HTTP probes, aborted or incompatible clients), logged at debug only.
+    pub tls_handshake_errors: IntCounter,
     /// `portcullis_client_connections_open`: client connections held now (both listeners),
     /// the number `server.max_connections` is compared with.
     pub open_connections: IntGauge,
@@ -268,9 +275,16 @@ impl Metrics {
             "body_timeout",
             "keepalive_timeout",
             "max_connections",
+            "max_connections_per_ip",
+            "handshake_timeout",
         ] {
             client_limits.with_label_values(&[limit]);
         }
+        let tls_handshake_errors = IntCounter::new(
+            "portcullis_tls_handshake_errors_total",
+            "TLS handshakes that failed (probes, scanners, aborted or incompatible clients)",
+        )?;
+        registry.register(Box::new(tls_handshake_errors.clone()))?;
         let open_connections = IntGauge::new(
             "portcullis_client_connections_open",
             "Client connections open now, the number server.max_connections bounds",
@@ -303,6 +317,7 @@ impl Metrics {
             revocation_cache_entries,
             connection_errors,
             client_limits,
+            tls_handshake_errors,
             open_connections,
         })
     }
@@ -409,14 +424,13 @@ mod tests {
             assert!(may_log(target, &Level::WARN), "{target}");
         }
         assert!(may_log("tokio_postgresql", &Level::DEBUG));
-        assert!(!may_log(
-            "pingora_core::protocols::http::v1::server",
-            &Level::TRACE
-        ));
-        assert!(may_log(
-            "pingora_core::protocols::http::v1::server",
-            &Level::DEBUG
-        ));
+        for level in [Level::DEBUG, Level::TRACE] {
+            for target in ["pingora_core::protocols::http::v1::server", "pingora_proxy"] {
+                assert!(!may_log(target, &level), "{target} at {level}");
+            }
+        }
+        assert!(may_log("pingora_proxy", &Level::INFO));
+        assert!(may_log("pingora_core::services::listening", &Level::ERROR));
         assert!(may_log("portcullis::auth", &Level::TRACE));
     }
 }

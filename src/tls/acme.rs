@@ -145,12 +145,22 @@ impl AcmeManager {
             return Ok(());
         }
         tracing::info!(domains = %self.key, renewal = stored.is_some(), "ordering a certificate");
-        let ordered = self.order().await;
+        // The lease is given back only once the certificate is saved (or ordering failed):
+        // released earlier, another instance would find no certificate and no lease, and
+        // order a second one.
+        let saved = match self.order().await {
+            Ok(cert) => self
+                .store
+                .save_acme_certificate(&self.key, &cert)
+                .await
+                .map(|()| cert)
+                .map_err(AcmeError::from),
+            Err(e) => Err(e),
+        };
         if let Err(e) = self.store.release_acme_lease(&self.key).await {
             tracing::warn!(error = %e, "could not release the ACME lease; it runs out by itself");
         }
-        let cert = ordered?;
-        self.store.save_acme_certificate(&self.key, &cert).await?;
+        let cert = saved?;
         self.install(&cert)?;
         tracing::info!(domains = %self.key, not_after = %cert.not_after, "certificate issued");
         Ok(())

@@ -11,7 +11,7 @@ use rustls::sign::CertifiedKey;
 
 use super::TlsError;
 use super::certs::{self, LoadedCert};
-use crate::config::{CertFiles, TlsVersion};
+use crate::config::CertFiles;
 
 /// The certificates of one load, in configured order.
 #[derive(Debug)]
@@ -90,11 +90,6 @@ pub fn covers(names: &[String], sni: &str) -> bool {
         .any(|n| *n == sni || n.strip_prefix("*.").is_some_and(|p| parent == Some(p)))
 }
 
-/// TLS 1.3 cipher suites are 0x1301..=0x1305 (RFC 8446 B.4; 0x1304/5 are the CCM ones).
-fn is_tls13_suite(id: u16) -> bool {
-    (0x1301..=0x1305).contains(&id)
-}
-
 /// The rustls certificate resolver of the TLS listener.
 #[derive(Debug)]
 pub struct CertResolver {
@@ -102,22 +97,16 @@ pub struct CertResolver {
     /// The ACME certificate (or its self-signed placeholder until the first is issued).
     acme: ArcSwapOption<LoadedCert>,
     acme_enabled: bool,
-    tls13_only: bool,
 }
 
 impl CertResolver {
-    /// Loads the configured certificates; `min_version` is fixed for the process. With
-    /// `acme`, the file list may be empty: the ACME certificate is then the default.
-    pub fn load(
-        files: &[CertFiles],
-        min_version: TlsVersion,
-        acme: bool,
-    ) -> Result<CertResolver, TlsError> {
+    /// Loads the configured certificates. With `acme`, the file list may be empty: the ACME
+    /// certificate is then the default.
+    pub fn load(files: &[CertFiles], acme: bool) -> Result<CertResolver, TlsError> {
         Ok(CertResolver {
             store: ArcSwap::from_pointee(CertStore::load(files, acme)?),
             acme: ArcSwapOption::empty(),
             acme_enabled: acme,
-            tls13_only: min_version == TlsVersion::V1_3,
         })
     }
 
@@ -159,17 +148,7 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // Pingora's rustls listener always enables 1.2 and 1.3; a 1.3 minimum is enforced here
-        // by refusing a client that offers no TLS 1.3 suite (it cannot negotiate 1.3).
-        if self.tls13_only
-            && !hello
-                .cipher_suites()
-                .iter()
-                .any(|s| is_tls13_suite(u16::from(*s)))
-        {
-            tracing::debug!("TLS handshake refused: the client offers no TLS 1.3 cipher suite");
-            return None;
-        }
+        // The protocol versions (min_version) are the listener's rustls config's business.
         self.pick(hello.server_name())
     }
 }
@@ -227,13 +206,5 @@ mod tests {
         assert!(!covers(&ns, "api.test"));
         assert!(!covers(&ns, "y.x.api.test"));
         assert!(!covers(&ns, "other.test"));
-    }
-
-    #[test]
-    fn only_tls13_suites_count_as_tls13() {
-        assert!(is_tls13_suite(0x1301));
-        assert!(is_tls13_suite(0x1303));
-        assert!(!is_tls13_suite(0xc02f));
-        assert!(!is_tls13_suite(0x00ff));
     }
 }

@@ -303,14 +303,53 @@ async fn a_certificate_from_a_real_acme_ca_is_shared_by_every_instance_and_renew
 }
 
 #[tokio::test]
-async fn an_unknown_challenge_token_is_404_and_never_forwarded() {
+async fn an_unknown_challenge_token_is_404_from_the_challenge_handler_and_never_forwarded() {
     let echo = Echo::start().await;
     let db = fresh_db().await;
+    let proxy = DbProxy::start().await;
     let keys = tempfile::tempdir().unwrap();
     let dead = format!("https://127.0.0.1:{}/dir", free_port());
-    let (gw, _) = start_gateway(echo.addr, db, keys.path(), None, &dead, "").await;
+    let tls_port = free_port();
+    let mut opts = Options::new(echo.addr);
+    // A public route over /.well-known/: a 404 here can only be the challenge handler's, not
+    // "no route".
+    opts.extra = format!(
+        "{}\n[[route]]\nprefix = \"/.well-known/\"\nupstream = \"api\"\nauth = \"none\"\n",
+        acme_tables(tls_port, &dead, "")
+    );
+    let gw = Gateway::start_with_keys(
+        opts,
+        proxy.url(&db),
+        tempfile::tempdir().unwrap(),
+        keys.path().to_path_buf(),
+    )
+    .await;
     let r = gw
         .get("/.well-known/acme-challenge/no-such-token", None)
+        .await;
+    assert_eq!(r.status(), 404);
+    let counted = gw.metrics().await;
+    assert_eq!(
+        counted.get(
+            "portcullis_requests_total{route=\"/.well-known/acme-challenge/\",status=\"404\"}"
+        ),
+        Some(&1.0),
+        "the 404 did not come from the challenge handler"
+    );
+    // With the database down, a token-shaped name needs the database (503), while a name
+    // that cannot be an ACME token is refused without asking it.
+    proxy.down();
+    let r = gw
+        .get("/.well-known/acme-challenge/Token-shaped_but_unknown", None)
+        .await;
+    assert_eq!(r.status(), 503);
+    let r = gw
+        .get("/.well-known/acme-challenge/not.a~token", None)
+        .await;
+    assert_eq!(r.status(), 404);
+    let long = "a".repeat(300);
+    let r = gw
+        .get(&format!("/.well-known/acme-challenge/{long}"), None)
         .await;
     assert_eq!(r.status(), 404);
     assert_eq!(echo.count(), 0);

@@ -934,9 +934,41 @@ async fn refresh_token_replay_after_the_grace_window_revokes_the_whole_session()
 }
 
 #[tokio::test]
+async fn no_password_hash_token_or_secret_reaches_the_log_at_debug_level() {
+    no_secret_reaches_the_log_at("debug").await;
+}
+
+#[tokio::test]
 async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() {
+    no_secret_reaches_the_log_at("trace").await;
+}
+
+/// The whole flow at `level` (`log.level`, as an operator sets it), then every secret it
+/// produced looked for in the log: passwords, hashes, tokens, a client's cookie, an upstream's
+/// `Set-Cookie`, a forwarded `Authorization` and query strings of failed proxy attempts.
+async fn no_secret_reaches_the_log_at(level: &str) {
+    let down = crate::harness::free_port();
     let (_echo, gw) = setup_with(|o| {
-        o.env.push(("RUST_LOG".into(), "trace".into()));
+        // log.level decides only when RUST_LOG is unset (the harness sets it).
+        o.env.push(("RUST_LOG".into(), level.into()));
+        o.extra = format!(
+            r#"
+[[upstream]]
+name = "down"
+addrs = ["127.0.0.1:{down}"]
+connect_timeout_ms = 300
+
+[[route]]
+prefix = "/fwd/"
+upstream = "api"
+forward_token = true
+
+[[route]]
+prefix = "/down/"
+upstream = "down"
+auth = "none"
+"#
+        );
     })
     .await;
     let email = "logged@x.io";
@@ -954,6 +986,38 @@ async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() 
         .await
         .unwrap();
     assert_eq!(proxied.status(), 200);
+    // A forwarded token, a client's cookie and an upstream's Set-Cookie on the proxy path; a
+    // query string on a 504 (the echo's /slow outlasts read_timeout_ms) and on a 502.
+    let cookie = "app_session=client-cookie-secret-9d2c";
+    let forwarded = gw
+        .http
+        .get(gw.url("/fwd/set-cookie?access=query-secret-on-200"))
+        .bearer_auth(access(&second))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 200);
+    assert_eq!(
+        forwarded.headers()["set-cookie"],
+        crate::harness::ECHO_SET_COOKIE
+    );
+    let slow = gw
+        .http
+        .get(gw.url("/api/slow?token=query-secret-on-504"))
+        .bearer_auth(access(&second))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 504);
+    let refused = gw
+        .http
+        .post(gw.url("/down/x?token=query-secret-on-502"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 502);
     call(
         &gw,
         Method::POST,
@@ -974,7 +1038,15 @@ async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() 
 
     // Every secret the flow produced, in each form a log line could print it.
     let db = connect(&gw.db_url).await;
-    let mut secrets: Vec<String> = vec![PASSWORD.into(), new_password.into()];
+    let mut secrets: Vec<String> = vec![
+        PASSWORD.into(),
+        new_password.into(),
+        "client-cookie-secret-9d2c".into(),
+        "upstream-set-cookie-secret-5b1e".into(),
+        "query-secret-on-200".into(),
+        "query-secret-on-504".into(),
+        "query-secret-on-502".into(),
+    ];
     for pair in [&first, &second, &third] {
         secrets.push(access(pair).into());
         secrets.push(refresh_token(pair).into());
@@ -1016,6 +1088,8 @@ async fn no_password_hash_token_or_secret_reaches_the_log_even_at_trace_level() 
     drop(db);
     let log = gw.log();
     assert!(log.contains("DEBUG"), "the gateway logged verbosely: {log}");
+    // The failed proxy attempts were logged (by the request's normalized path).
+    assert!(log.contains("/api/slow"), "no line for the 504: {log}");
     for secret in &secrets {
         let leak = log.lines().find(|l| l.contains(secret.as_str()));
         assert!(leak.is_none(), "a secret reached the log: {leak:?}");

@@ -465,3 +465,179 @@ async fn a_binary_upgrade_under_continuous_load_fails_no_request() {
     let r = gw.http.get(gw.admin("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the admin listener moved over too");
 }
+
+/// A config for `check-config`/`serve` whose `server.upgrade_sock` is `sock`.
+fn config_with_upgrade_sock(dir: &Path, sock: &str) -> std::path::PathBuf {
+    let opts = Options::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    let text = config_text(
+        &opts,
+        free_port(),
+        free_port(),
+        "postgres://postgres@127.0.0.1:5432/unused",
+        &dir.join("keys"),
+    )
+    .replace(
+        "upgrade_sock = \"upgrade.sock\"",
+        &format!("upgrade_sock = \"{sock}\""),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn an_upgrade_socket_in_a_directory_others_can_write_is_refused_by_check_config_and_serve() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // Like /tmp: anyone may create the socket there first and receive the listeners.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sock = shared.join("upgrade.sock");
+    let path = config_with_upgrade_sock(dir.path(), sock.to_str().unwrap());
+    for verb in ["check-config", "serve"] {
+        let out = run_cli(&path, &[verb], "", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {stderr}");
+        assert!(stderr.contains("server.upgrade_sock"), "{verb}: {stderr}");
+        assert!(
+            stderr.contains("writable by group or others"),
+            "{verb}: {stderr}"
+        );
+    }
+    // Group-writable is refused too; owner-only passes, and a missing directory is created
+    // owner-only by serve (check-config leaves it to serve).
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o770)).unwrap();
+    assert_eq!(
+        run_cli(&path, &["check-config"], "", &[]).status.code(),
+        Some(1)
+    );
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = run_cli(&path, &["check-config"], "", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = dir.path().join("run/upgrade.sock");
+    let path = config_with_upgrade_sock(dir.path(), missing.to_str().unwrap());
+    assert_eq!(
+        run_cli(&path, &["check-config"], "", &[]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_default_upgrade_socket_lies_in_a_private_directory_beside_the_keys() {
+    let text = "[[upstream]]\nname = \"a\"\naddrs = [\"127.0.0.1:1\"]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = portcullis::config::Config::load(&path).unwrap();
+    let sock = Path::new(&config.server.upgrade_sock);
+    assert!(
+        !sock.starts_with("/tmp") && !sock.starts_with("/var/tmp") && sock.is_relative(),
+        "{}",
+        sock.display()
+    );
+    assert_eq!(
+        sock.parent(),
+        Path::new(&config.tokens.keys_dir)
+            .parent()
+            .map(|p| p.join("run"))
+            .as_deref(),
+        "not beside keys_dir"
+    );
+}
+
+/// Run as root, as another user, the attacker of the upgrade socket: binds `sock` (as root,
+/// so any directory works), drops to `nobody`, listens, and reports how many file descriptors
+/// the gateway sent it.
+const FOREIGN_LISTENER: &str = r#"
+import array, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+os.chmod(sys.argv[1], 0o777)
+os.setgid(65534)
+os.setuid(65534)
+s.listen(1)
+print("listening", flush=True)
+s.settimeout(30)
+try:
+    c, _ = s.accept()
+except socket.timeout:
+    print("received 0 fds (no connection)", flush=True)
+    sys.exit(0)
+fds = array.array("i")
+_, anc, _, _ = c.recvmsg(4096, socket.CMSG_LEN(64 * fds.itemsize))
+n = sum(len(d) // fds.itemsize for (level, kind, d) in anc
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS)
+print(f"received {n} fds", flush=True)
+"#;
+
+#[tokio::test]
+async fn the_listening_sockets_are_never_handed_to_a_process_of_another_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can start a listener as another user (CI runs as root)");
+        return;
+    }
+    use std::io::BufRead as _;
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let sock = gw.dir.path().join("upgrade.sock");
+    let mut attacker = std::process::Command::new("python3")
+        .args(["-c", FOREIGN_LISTENER, sock.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(attacker.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    gw.signal("QUIT");
+    let report = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let _ = attacker.wait();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(report.starts_with("received 0 fds"), "{report}");
+    let log = gw.log();
+    assert!(
+        log.contains("Refusing the upgrade socket peer"),
+        "no refusal logged: {log}"
+    );
+}
+
+#[test]
+fn check_config_warns_about_an_admin_listener_reachable_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_with_upgrade_sock(dir.path(), "upgrade.sock");
+    let quiet = run_cli(&path, &["check-config"], "", &[]);
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("admin_listen = \"127.0.0.1:", "admin_listen = \"0.0.0.0:");
+    std::fs::write(&path, text).unwrap();
+    let out = run_cli(&path, &["check-config"], "", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("warning: server.admin_listen 0.0.0.0:")
+            && stderr.contains("no authentication"),
+        "{stderr}"
+    );
+}

@@ -168,6 +168,10 @@ impl Seen {
 /// An HTTP upstream on 127.0.0.1 that records every request. `…/slow…` waits 3 s (past the
 /// test read timeout), `…/wait…` 700 ms;
 /// everything else answers 200 with a small JSON body.
+/// The `Set-Cookie` the echo upstream answers on a path containing `/set-cookie`: a secret
+/// the gateway's log must never show.
+pub const ECHO_SET_COOKIE: &str = "echo_session=upstream-set-cookie-secret-5b1e; HttpOnly";
+
 #[derive(Clone)]
 pub struct Echo {
     pub addr: SocketAddr,
@@ -218,12 +222,16 @@ impl Echo {
                             } else if path.contains("/wait") {
                                 tokio::time::sleep(Duration::from_millis(700)).await;
                             }
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(
-                                    serde_json::json!({ "upstream": "echo", "path": path })
-                                        .to_string(),
-                                ),
-                            )))
+                            let mut response = Response::new(Full::new(Bytes::from(
+                                serde_json::json!({ "upstream": "echo", "path": path }).to_string(),
+                            )));
+                            if path.contains("/set-cookie") {
+                                response.headers_mut().insert(
+                                    "set-cookie",
+                                    hyper::header::HeaderValue::from_static(ECHO_SET_COOKIE),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
                     let _ = http1::Builder::new()

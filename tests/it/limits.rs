@@ -198,6 +198,8 @@ async fn a_stalled_auth_body_is_408_request_timeout() {
     let gw = Gateway::start(server("body_timeout_secs = 1\n", &echo)).await;
     assert_408(stalled_body(&gw, "/auth/login").await, "/auth/login");
     assert!(metric(&gw, "body_timeout").await >= 1.0);
+    // The client's doing, not an error of the gateway.
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
 
 /// An upstream that reads a request and records, per connection, the bytes it got and
@@ -278,6 +280,7 @@ async fn a_stalled_proxied_body_is_408_and_the_upstream_connection_is_closed() {
         sink.conns.lock().unwrap()
     );
     assert!(metric(&gw, "body_timeout").await >= 1.0);
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
 }
 
 #[tokio::test]
@@ -340,6 +343,54 @@ async fn over_max_connections_a_new_connection_is_closed_and_the_held_ones_are_s
     let (head, _) = read_response(&mut held[0]).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // One closes: a new connection is accepted again.
+    drop(held.pop());
+    let served = eventually(CLOSED_WITHIN, || async {
+        let mut s = connect(&gw).await;
+        if s.write_all(GET).await.is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.is_ok() && &buf == b"HTTP/1.1 200"
+    })
+    .await;
+    assert!(served.is_some(), "no connection accepted after one closed");
+}
+
+#[tokio::test]
+async fn over_max_connections_per_ip_that_clients_next_connection_is_closed_and_others_are_served()
+{
+    let echo = Echo::start().await;
+    let gw = Gateway::start(server("max_connections_per_ip = 2\n", &echo)).await;
+    gw.wait_no_connections().await;
+    let mut held = vec![connect(&gw).await, connect(&gw).await];
+    for s in &mut held {
+        s.write_all(GET).await.unwrap();
+        let (head, _) = read_response(s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let mut third = connect(&gw).await;
+    let _ = third.write_all(GET).await;
+    let seen = read_until_closed(&mut third, CLOSED_WITHIN).await;
+    assert_eq!(
+        seen.as_deref(),
+        Some(&b""[..]),
+        "a third connection was served"
+    );
+    assert_eq!(metric(&gw, "max_connections_per_ip").await, 1.0);
+    assert_eq!(metric(&gw, "max_connections").await, 0.0);
+
+    // Another client address (all of 127/8 is loopback) is not limited by this one.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket
+        .connect(format!("127.0.0.1:{}", gw.port).parse().unwrap())
+        .await
+        .unwrap();
+    other.write_all(GET).await.unwrap();
+    let (head, _) = read_response(&mut other).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // One of the first client's connections closes: it may open one again.
     drop(held.pop());
     let served = eventually(CLOSED_WITHIN, || async {
         let mut s = connect(&gw).await;

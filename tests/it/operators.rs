@@ -246,19 +246,23 @@ async fn routes_explain_agrees_with_the_real_proxy() {
         if !host.is_empty() {
             cli_args.extend(["--host", host]);
         }
-        let mut variants = vec![cli_args.clone()];
+        // Each variant: the arguments and what stdin carries.
+        let mut variants = vec![(cli_args.clone(), "")];
         match token {
             Some(t) => {
                 let mut with_token = cli_args.clone();
                 with_token.extend(["--token", t]);
-                variants = vec![with_token];
+                // The same token read from stdin (`--token -`), out of argv.
+                let mut from_stdin = cli_args.clone();
+                from_stdin.extend(["--token", "-"]);
+                variants = vec![(with_token, ""), (from_stdin, t)];
                 if *caller != "bad" {
                     let mut with_role = cli_args.clone();
                     with_role.extend(["--role", caller]);
-                    variants.push(with_role);
+                    variants.push((with_role, ""));
                 }
             }
-            None => variants[0].push("--anonymous"),
+            None => variants[0].0.push("--anonymous"),
         }
         let host_header = if host.is_empty() {
             format!("127.0.0.1:{}", gw.port)
@@ -277,8 +281,8 @@ async fn routes_explain_agrees_with_the_real_proxy() {
         )
         .await;
         let (status, detail) = answer(&raw);
-        for args in variants {
-            let out = gw.cli(&args, "");
+        for (args, stdin) in variants {
+            let out = gw.cli(&args, stdin);
             let text = stdout(&out);
             assert!(out.status.success(), "{args:?}: {text}{}", stderr(&out));
             let decision = line_after(&text, "decision:").unwrap();

@@ -953,6 +953,63 @@ async fn ambiguous_framing_is_400_and_never_forwarded() {
 }
 
 #[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_501_and_never_forwarded() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    for te in ["gzip, chunked", "chunked, chunked", "br, chunked"] {
+        let req = format!(
+            "POST /public/te HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: {te}\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+        );
+        let raw = raw_request(gw.port, req.as_bytes()).await;
+        let r = Reply::parse(&raw);
+        assert_eq!(r.status, 501, "{te}: {raw}");
+        assert!(raw.contains("\"not_implemented\""), "{te}: {raw}");
+    }
+    assert_eq!(
+        echo.count(),
+        0,
+        "a request with other codings reached the upstream"
+    );
+    let ok = raw_request(
+        gw.port,
+        b"POST /public/te HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(Reply::parse(&ok).status, 200, "{ok}");
+}
+
+#[tokio::test]
+async fn an_invalid_request_line_is_a_json_400_from_the_gateway_never_repaired_and_forwarded() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    for line in [
+        "GET /public/a b HTTP/1.1",
+        "GET /public/a%20b c HTTP/1.1",
+        "GET /public/x HTTP/1.1 extra",
+    ] {
+        let req = format!("{line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        let raw = raw_request(gw.port, req.as_bytes()).await;
+        assert!(raw.starts_with("HTTP/1.1 400 "), "{line}: {raw}");
+        let lower = raw.to_ascii_lowercase();
+        assert!(!lower.contains("server: pingora"), "{line}: {raw}");
+        assert!(
+            lower.contains("content-type: application/json"),
+            "{line}: {raw}"
+        );
+        assert!(
+            raw.contains("\"error\":\"invalid_request\""),
+            "{line}: {raw}"
+        );
+    }
+    assert_eq!(
+        echo.count(),
+        0,
+        "a repaired request line reached the upstream"
+    );
+    assert!(!gw.log().contains("ERROR"), "{}", gw.log());
+}
+
+#[tokio::test]
 async fn the_body_of_a_rejected_request_is_never_read_as_another_request() {
     let echo = Echo::start().await;
     let gw = Gateway::start(Options::new(echo.addr)).await;

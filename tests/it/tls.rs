@@ -448,7 +448,32 @@ async fn min_version_1_3_refuses_a_tls_1_2_client_and_1_2_accepts_it() {
         .unwrap();
     assert_eq!(r.status(), 200, "a TLS 1.3 client is served");
 
+    // A TLS 1.2-only ClientHello split over two records (legal, RFC 5246 §6.2.1) is refused
+    // too: the minimum is rustls's own decision, not a look at the first record.
+    let refusal = tokio::task::spawn_blocking({
+        let addr = strict.addr();
+        move || fragmented_tls12_hello_answer(addr)
+    })
+    .await
+    .unwrap();
+    assert_ne!(
+        refusal.first(),
+        Some(&0x16),
+        "a fragmented TLS 1.2 ClientHello got a ServerHello"
+    );
+
     let lenient = TlsGateway::start(&echo, &pki, &[("a", &a)], "").await;
+    let answer = tokio::task::spawn_blocking({
+        let addr = lenient.addr();
+        move || fragmented_tls12_hello_answer(addr)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answer.first(),
+        Some(&0x16),
+        "min_version 1.2 answers a fragmented ClientHello with a ServerHello"
+    );
     let tls12 = lenient
         .client_builder()
         .max_tls_version(reqwest::tls::Version::TLS_1_2)
@@ -495,6 +520,17 @@ async fn plain_http_sent_to_the_tls_port_is_refused_and_the_gateway_keeps_servin
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(tgw.gw.get("/public/x", None).await.status(), 200);
+    // Counted, and logged below ERROR: a scanner cannot flood the log with probes.
+    let failed = tgw
+        .gw
+        .metrics()
+        .await
+        .get("portcullis_tls_handshake_errors_total")
+        .copied();
+    // Three probes (and the harness's readiness check, a bare connect).
+    assert!(failed.is_some_and(|n| n >= 3.0), "{failed:?}");
+    let log = tgw.gw.log();
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -929,6 +965,14 @@ async fn certificates_reload_on_sighup_and_file_change_without_closing_open_conn
 /// A blocking HTTP/1.1-over-TLS connection to `tls`'s listener (SNI `a.test`, no ALPN), made
 /// with rustls directly so that a test can send exactly the bytes it wants.
 fn raw_tls(tls: &TlsGateway) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    raw_tls_offering(tls, &[])
+}
+
+/// [`raw_tls`] offering `alpn` (e.g. `h2`).
+fn raw_tls_offering(
+    tls: &TlsGateway,
+    alpn: &[&[u8]],
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let ca = pem::parse(tls.ca_pem.as_bytes()).unwrap();
     roots
@@ -943,6 +987,8 @@ fn raw_tls(tls: &TlsGateway) -> rustls::StreamOwned<rustls::ClientConnection, st
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let sock = std::net::TcpStream::connect(tls.addr()).unwrap();
@@ -1064,4 +1110,237 @@ async fn the_tls_listener_cuts_a_slow_head_and_shares_max_connections_with_the_p
         served.is_some(),
         "no plain connection served after the TLS one closed"
     );
+}
+
+/// `portcullis_client_limits_total{limit}` of `gw`.
+async fn limit_count(gw: &Gateway, limit: &str) -> f64 {
+    gw.metrics()
+        .await
+        .get(&format!(
+            "portcullis_client_limits_total{{limit=\"{limit}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_never_sends_its_preface_is_closed_after_header_timeout() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(echo.addr);
+    opts.server = "header_timeout_secs = 1\nkeepalive_timeout_secs = 60\n".into();
+    let tls = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "http2 = true").await;
+    tls.gw.wait_no_connections().await;
+    let tls = std::sync::Arc::new(tls);
+
+    // TLS completes with h2 by ALPN, then the client is silent: without a deadline on the
+    // preface this connection (and nine more) would hold max_connections forever.
+    let t = tls.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut s = raw_tls_offering(&t, &[b"h2"]);
+        assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+        read_to_close(&mut s).is_ok()
+    })
+    .await
+    .unwrap();
+    assert!(closed, "a silent h2 connection is still open after 5 s");
+    assert_eq!(limit_count(&tls.gw, "header_timeout").await, 1.0);
+
+    // An h2 client whose opening arrived is governed by the idle timeout, not the head one:
+    // still open after twice header_timeout, and serving.
+    let client = tls
+        .client_builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = client
+        .get(tls.url("a.test", "/public/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(limit_count(&tls.gw, "header_timeout").await, 1.0);
+    assert_eq!(
+        tls.gw
+            .metrics()
+            .await
+            .get("portcullis_client_connections_open"),
+        Some(&1.0),
+        "the h2 connection that sent its preface was closed"
+    );
+    let r = client
+        .get(tls.url("a.test", "/public/two"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = tls.gw.log();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_holds_a_slot_until_header_timeout_cuts_it_quietly() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(echo.addr);
+    opts.server = "header_timeout_secs = 2\nmax_connections = 1\n".into();
+    let tls = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "").await;
+    tls.gw.wait_no_connections().await;
+
+    // A TCP connection to the TLS port that never starts its handshake counts at once.
+    let mut stalled = tokio::net::TcpStream::connect(tls.addr()).await.unwrap();
+    let counted = eventually(Duration::from_secs(5), || async {
+        tls.gw
+            .metrics()
+            .await
+            .get("portcullis_client_connections_open")
+            == Some(&1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "a handshake in progress is not counted");
+    // So it holds the only slot: a plain connection is closed unanswered.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", tls.gw.port))
+        .await
+        .unwrap();
+    let _ = tokio::io::AsyncWriteExt::write_all(
+        &mut plain,
+        b"GET /public/plain HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut plain, &mut buf),
+    )
+    .await
+    .expect("a connection over max_connections is still open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a connection got past max_connections during a handshake"
+    );
+    // The handshake deadline (header_timeout_secs, not Pingora's 60 s) closes the stall.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(8),
+        tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "a stalled handshake is still open");
+    assert_eq!(limit_count(&tls.gw, "handshake_timeout").await, 1.0);
+    let served = eventually(Duration::from_secs(5), || async {
+        raw_request(
+            tls.gw.port,
+            b"GET /public/plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(served.is_some(), "the slot was not given back");
+    let log = tls.gw.log();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+/// Sends a TLS 1.2-only ClientHello to `addr` split over two handshake records and returns
+/// the first bytes of the answer (0x16: a handshake record, i.e. a ServerHello; 0x15: an
+/// alert; empty: closed).
+fn fragmented_tls12_hello_answer(addr: SocketAddr) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    // Like OpenSSL capped at 1.2, list a TLS 1.3 suite anyway (TLS_AES_128_GCM_SHA256): only
+    // `supported_versions` tells that this client cannot speak 1.3.
+    let mut msg = hello[5..].to_vec();
+    let sid_len = usize::from(msg[4 + 2 + 32]);
+    let suites_at = 4 + 2 + 32 + 1 + sid_len;
+    let suites_len = u16::from_be_bytes([msg[suites_at], msg[suites_at + 1]]) + 2;
+    msg[suites_at..suites_at + 2].copy_from_slice(&suites_len.to_be_bytes());
+    msg.splice(suites_at + 2..suites_at + 2, [0x13, 0x01]);
+    let body_len = (msg.len() - 4) as u32;
+    msg[1..4].copy_from_slice(&body_len.to_be_bytes()[1..]);
+    let payload = &msg[..];
+    let (first, second) = payload.split_at(payload.len() / 2);
+    let mut wire = Vec::new();
+    for part in [first, second] {
+        wire.extend([0x16, hello[1], hello[2]]);
+        wire.extend((part.len() as u16).to_be_bytes());
+        wire.extend(part);
+    }
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.write_all(&wire).unwrap();
+    let mut buf = [0u8; 16];
+    match sock.read(&mut buf) {
+        Ok(n) => buf[..n].to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn an_http2_stream_the_client_cancels_is_counted_as_499_not_as_an_error() {
+    let echo = Echo::start().await;
+    let pki = Pki::new();
+    let a = pki.leaf(&["a.test"]);
+    let mut opts = Options::new(echo.addr);
+    let tls = TlsGateway::start_with(&mut opts, &pki, &[("a", &a)], "http2 = true").await;
+    let client = tls
+        .client_builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // Warm the connection, then cancel a request the upstream is still working on (the echo
+    // answers /wait after 700 ms): the client resets the stream.
+    let r = client
+        .get(tls.url("a.test", "/public/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let pending = tokio::spawn({
+        let client = client.clone();
+        let url = tls.url("a.test", "/public/wait");
+        async move { client.get(url).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pending.abort();
+    let counted = eventually(Duration::from_secs(5), || async {
+        tls.gw
+            .metrics()
+            .await
+            .get("portcullis_requests_total{route=\"/public/\",status=\"499\"}")
+            == Some(&1.0)
+    })
+    .await;
+    let metrics = tls.gw.metrics().await;
+    assert!(
+        counted.is_some(),
+        "no 499: {}; {:?}",
+        tls.gw.log(),
+        metrics
+            .iter()
+            .filter(|(k, _)| k.starts_with("portcullis_requests_total"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        metrics.get("portcullis_requests_total{route=\"/public/\",status=\"400\"}"),
+        None,
+        "a cancelled stream was counted as the client's error"
+    );
+    let log = tls.gw.log();
+    assert!(!log.contains("ERROR"), "{log}");
+    assert!(log.contains("status=499"), "{log}");
 }

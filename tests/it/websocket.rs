@@ -184,6 +184,30 @@ async fn a_websocket_is_authorized_carries_identity_and_relays_frames_both_ways(
 }
 
 #[tokio::test]
+async fn an_offer_of_websocket_and_h2c_reaches_the_upstream_as_exactly_websocket() {
+    let upstream = WsEcho::start().await;
+    let gw = Gateway::start(Options::new(upstream.addr)).await;
+    let pair = gw.user("wsh2c@example.com").await;
+    let mut ws = connect(
+        gw.port,
+        "/api/socket",
+        Some(access(&pair)),
+        &[
+            ("upgrade", "websocket, h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+        ],
+    )
+    .await
+    .expect("upgrade accepted");
+    round_trip(&mut ws, Message::text("hello")).await;
+    let seen = upstream.last();
+    assert_eq!(header(&seen, "upgrade"), vec!["websocket"]);
+    assert_eq!(header(&seen, "connection"), vec!["upgrade"]);
+    assert!(header(&seen, "http2-settings").is_empty());
+}
+
+#[tokio::test]
 async fn refused_upgrades_never_reach_the_upstream() {
     let upstream = WsEcho::start().await;
     let gw = Gateway::start(Options::new(upstream.addr)).await;
@@ -436,5 +460,73 @@ async fn sigterm_drains_in_flight_requests_while_open_tunnels_keep_relaying_then
             .await
             .is_some(),
         "the tunnel ends with the process"
+    );
+}
+
+/// The race a tunnel's registration closes: the session is revoked (and the notification
+/// handled, finding no tunnel) after the handshake was authorized but before its tunnel was
+/// registered. Driven in-process on the real store, since over the wire the window is a few
+/// microseconds wide.
+#[tokio::test]
+async fn a_tunnel_whose_session_was_revoked_after_authorization_is_not_opened() {
+    use portcullis::access::{Authorizer, RevocationCache};
+    use portcullis::config::{OnDbError, Tokens};
+    use portcullis::store::{NewSession, RevocationEvent, Store};
+    use portcullis::tokens::TokenService;
+
+    let db = fresh_db().await;
+    let store = Store::new(&db, 2).unwrap();
+    let user = store
+        .create_user(
+            "race@x.io",
+            "race@x.io",
+            None,
+            portcullis::model::Role::User,
+        )
+        .await
+        .unwrap();
+    let sid = store
+        .create_session(NewSession {
+            user_id: user.id,
+            secret: &[7; 32],
+            token_hash: &[9; 32],
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+            user_agent: None,
+            ip: None,
+        })
+        .await
+        .unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let tokens = Arc::new(
+        TokenService::new(&Tokens {
+            keys_dir: keys.path().join("keys").display().to_string(),
+            ..Tokens::default()
+        })
+        .unwrap(),
+    );
+    let cache = Arc::new(RevocationCache::new(store, 100, Duration::from_secs(30)));
+    let authorizer = Authorizer::new(tokens.clone(), cache, OnDbError::Deny);
+    let token = tokens.issue(&user, sid).unwrap();
+
+    // Authorized (the status is now cached as live)…
+    let claims = authorizer.authenticate(&token).await.unwrap().claims;
+    // …then revoked, and the notification handled while no tunnel is registered.
+    crate::harness::connect(&db)
+        .await
+        .execute(
+            "UPDATE sessions SET revoked_at = now() WHERE id = $1",
+            &[&sid],
+        )
+        .await
+        .unwrap();
+    authorizer
+        .apply_revocation(RevocationEvent::Session(sid))
+        .await;
+    let opened = authorizer.open_tunnel(claims, Box::new(|| {})).await;
+    assert!(opened.is_err(), "a revoked session opened a tunnel");
+    assert_eq!(
+        authorizer.tunnels().len(),
+        0,
+        "the refused tunnel stays registered"
     );
 }

@@ -362,12 +362,17 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    // portcullis patch: the application may answer an unparsable request
+                    // in its own error format (Pingora's is an empty body, `Server: Pingora`).
+                    let sent = match self.inner.malformed_request_response() {
+                        Some((resp, body)) => {
+                            downstream_session.write_error_response(resp, body).await
+                        }
+                        None => downstream_session.respond_error(400).await,
+                    };
+                    sent.unwrap_or_else(|e| {
+                        debug!("failed to send error response to downstream: {e}");
+                    });
                 } else if e
                     .root_cause()
                     .downcast_ref::<std::io::Error>()

@@ -550,6 +550,12 @@ pub trait ProxyHttp {
         false
     }
 
+    /// portcullis patch: the response (head and body) to a request whose head could not be
+    /// parsed, before any phase runs. `None` (the default) sends Pingora's empty 400.
+    fn malformed_request_response(&self) -> Option<(ResponseHeader, Bytes)> {
+        None
+    }
+
     /// A value of true means that the proxy warning log message will be suppressed.
     /// The default value is false.
     ///

@@ -448,8 +448,11 @@ impl HttpSession {
                                     detached_suffix = Some(buf.split_off(header_end));
                                 }
                             }
-                            // try to escape URI
-                            if let Some(new_buf) = escape_illegal_request_line(&buf) {
+                            // portcullis patch: never "repair" a request line by escaping
+                            // it (a space in the target became %20 and was forwarded): an
+                            // invalid request line is a 400 (RFC 9112 §3), as a backend
+                            // reading the raw line would have to decide otherwise.
+                            if let Some(new_buf) = None::<BytesMut> {
                                 buf = new_buf;
                                 already_read = buf.len();
                             } else {
@@ -1762,6 +1765,7 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
 
+#[allow(dead_code)] // portcullis patch: no longer called (see read_request)
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all

@@ -916,10 +916,14 @@ impl HttpSession {
     pub async fn read_body_or_idle(&mut self, no_body_expected: bool) -> Result<Option<Bytes>> {
         if no_body_expected || self.is_body_done() {
             let reason = self.idle().await?;
-            Error::e_explain(
-                ErrorType::H2Error,
-                format!("Client closed H2, reason: {reason}"),
-            )
+            // portcullis patch: a stream the client cancelled (or ended with NO_ERROR) is the
+            // client going away, like a closed HTTP/1.1 connection, not a protocol error.
+            let etype = if reason == h2::Reason::CANCEL || reason == h2::Reason::NO_ERROR {
+                ErrorType::ConnectionClosed
+            } else {
+                ErrorType::H2Error
+            };
+            Error::e_explain(etype, format!("Client closed H2, reason: {reason}"))
         } else {
             self.read_body_bytes().await
         }
