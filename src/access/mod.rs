@@ -1,6 +1,7 @@
 //! The per-request access decision, as plain Rust: path normalization, the route table, bearer
 //! extraction, cached token verification, the revocation check and the role check.
 
+pub mod browser;
 pub mod decision;
 pub mod normalize;
 pub mod revocation;

@@ -38,6 +38,65 @@ pub struct Config {
     pub audit: Audit,
     /// Automatic certificates for the TLS listener.
     pub acme: Acme,
+    /// Sign-in page and cookie sessions for browsers.
+    pub browser: Browser,
+    /// `/auth/verify` and `/auth/forward-auth` for a proxy in front.
+    pub forward_auth: ForwardAuth,
+}
+
+/// `[browser]`: a sign-in page and cookie sessions, so pages people open in a browser can sit
+/// behind the gateway; absent or `enabled = false`, only bearer tokens count.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Browser {
+    /// Whether the cookies, the redirect to sign in and the pages are on.
+    pub enabled: bool,
+    /// The cookies are `<prefix>-at` (access JWT) and `<prefix>-rt` (refresh token). The
+    /// default `__Host-` prefix makes browsers insist on Secure, `Path=/` and no Domain.
+    pub cookie_prefix: String,
+    /// Hosts besides the request's own that a sign-in's `rd` may send the browser to.
+    pub allowed_redirect_hosts: Vec<String>,
+    /// Origins (`scheme://host[:port]`) besides the request's own whose cookie-authenticated
+    /// writes are accepted.
+    pub trusted_origins: Vec<String>,
+    /// A sign-up page beside the sign-in page.
+    pub registration: bool,
+    /// The sign-in page's heading and title.
+    pub title: String,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Browser {
+            enabled: false,
+            cookie_prefix: "__Host-portcullis".into(),
+            allowed_redirect_hosts: Vec::new(),
+            trusted_origins: Vec::new(),
+            registration: false,
+            title: "Sign in".into(),
+        }
+    }
+}
+
+/// `[forward_auth]`
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardAuth {
+    /// Peers allowed to say, in `X-Forwarded-*` / `X-Original-*`, what the original request
+    /// was; anyone else asking is refused (403).
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ForwardAuth {
+    fn default() -> Self {
+        ForwardAuth {
+            trusted_proxies: ["127.0.0.1/32", "::1/128"]
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+        }
+    }
 }
 
 /// `[acme]`: certificates from an ACME CA (RFC 8555), shared by every instance through

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use toml::de::{DeTable, DeValue};
 
-use super::{AuthMode, Config, Problem, line_of_offset};
+use super::{AuthMode, Browser, Config, Problem, line_of_offset};
 
 /// Roles a route may require (the `user_role` enum of the schema).
 const ROLES: [&str; 2] = ["user", "admin"];
@@ -183,6 +183,8 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         validate_tls(&mut r, s, tls, config.acme.enabled);
     }
     validate_acme(&mut r, config);
+
+    validate_browser(&mut r, &config.browser);
 
     let db = &config.database;
     if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://")) {
@@ -585,4 +587,42 @@ fn secure_or_loopback(url: &str) -> bool {
     let host = rest.split(['/', '?']).next().unwrap_or_default();
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
     host == "localhost" || host == "[::1]" || host.starts_with("127.")
+}
+
+/// `[browser]`: names the cookies can carry, origins and hosts in the shape they are compared.
+fn validate_browser(r: &mut Report, b: &Browser) {
+    let key = |k: &'static str| [Seg::Key("browser"), Seg::Key(k)];
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    };
+    if !token(&b.cookie_prefix) {
+        r.add(
+            &key("cookie_prefix"),
+            "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        );
+    }
+    for origin in &b.trusted_origins {
+        let ok = origin.split_once("://").is_some_and(|(scheme, rest)| {
+            matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+        });
+        if !ok {
+            r.add(
+                &key("trusted_origins"),
+                format!("{origin:?} is not an origin (scheme://host[:port], no path)"),
+            );
+        }
+    }
+    for host in &b.allowed_redirect_hosts {
+        if host.is_empty() || host.contains(['/', ':', ' ']) {
+            r.add(
+                &key("allowed_redirect_hosts"),
+                format!("{host:?} is not a host name"),
+            );
+        }
+    }
+    if b.title.trim().is_empty() {
+        r.add(&key("title"), "must not be empty");
+    }
 }

@@ -68,6 +68,17 @@ impl Forwarding {
                 .any(|s| s.len() == name.len() && canonical_starts_with(name, s.as_bytes()))
     }
 
+    /// The identity headers for `claims` (names from `[identity_headers]`), as the upstream
+    /// gets them; forward-auth answers with the same.
+    pub fn identity(&self, c: &Claims) -> [(HeaderName, String); 4] {
+        [
+            (self.user_id.clone(), c.sub.to_string()),
+            (self.role.clone(), c.role.as_str().to_string()),
+            (self.session_id.clone(), c.sid.to_string()),
+            (self.email.clone(), c.email.clone()),
+        ]
+    }
+
     fn trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
@@ -95,6 +106,31 @@ impl Forwarding {
             }
         }
         Some(client)
+    }
+
+    /// The origin (`scheme://host[:port]`) the client used: the scheme from TLS, the host from
+    /// `Host` (or HTTP/2's `:authority`), unless a trusted proxy in front said otherwise in
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host`. What a cookie-authenticated write's `Origin`
+    /// must be.
+    pub fn external_origin(&self, peer: Option<IpAddr>, req: &RequestHeader, tls: bool) -> String {
+        let trusted = peer.is_some_and(|p| self.trusted(p));
+        let forwarded = |name: &str| {
+            trusted
+                .then(|| req.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or(if tls { "https" } else { "http" });
+        let host = forwarded("x-forwarded-host")
+            .or_else(|| {
+                req.headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+            })
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        crate::access::browser::origin_of(scheme, host)
     }
 
     /// Rewrites the upstream request headers. `tls` says whether the client reached the TLS

@@ -2,9 +2,12 @@
 //! `access/` (the decision), `auth_api` (the /auth endpoints) and `respond` (every error).
 
 pub mod auth_api;
+pub mod browser;
 pub mod edge;
 pub mod forward;
+pub mod forward_auth;
 pub mod limits;
+pub mod pages;
 pub mod respond;
 pub mod services;
 mod tunnel;
@@ -23,7 +26,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access::{self, Authorizer, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer};
+use crate::access::browser::{self as cookies_of, CookieNames};
+use crate::access::{
+    self, Authorizer, Denial, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer,
+};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
@@ -47,6 +53,8 @@ pub struct Live {
     pub upstreams: HashMap<String, Arc<UpstreamPool>>,
     /// Path rules beyond the strict default.
     pub path_policy: PathPolicy,
+    /// The session cookies' names when `[browser]` is enabled.
+    pub cookies: Option<CookieNames>,
 }
 
 impl Live {
@@ -58,6 +66,10 @@ impl Live {
             path_policy: PathPolicy {
                 allow_path_parameters: config.server.allow_path_parameters,
             },
+            cookies: config
+                .browser
+                .enabled
+                .then(|| CookieNames::new(&config.browser.cookie_prefix)),
             config,
         })
     }
@@ -158,6 +170,11 @@ pub struct Ctx {
     websocket: bool,
     /// Registration of an open WebSocket tunnel, dropped with the request.
     tunnel: Option<TunnelGuard>,
+    /// The caller's credential came from the access cookie (or a refresh of it): writes are
+    /// checked against cross-site forgery.
+    cookie_auth: bool,
+    /// `Set-Cookie` values for the response (a refreshed or cleared browser session).
+    set_cookies: Vec<String>,
     /// A refusal decided after the upstream connection was made (a WebSocket whose session
     /// was revoked meanwhile): `fail_to_proxy` answers it instead of an upstream error.
     late_denial: Option<access::Denial>,
@@ -229,6 +246,80 @@ impl Gateway {
         })
     }
 
+    /// Rotates the browser's refresh cookie as `/auth/refresh` does. `Ok(None)` when it no
+    /// longer works (unknown, expired, revoked, or reused: the family is then revoked).
+    async fn refresh_cookie_session(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        refresh_token: &str,
+    ) -> Result<Option<crate::auth::TokenPair>, ApiError> {
+        let client = crate::auth::ClientInfo {
+            ip: ctx.client_ip,
+            user_agent: session
+                .req_header()
+                .headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(512).collect()),
+            request_id: Some(ctx.request_id.to_string()),
+        };
+        let metrics = &self.shared.metrics;
+        match self.shared.auth.refresh(refresh_token, &client).await {
+            Ok(crate::auth::RefreshResult::Ok(pair)) => {
+                metrics.auth_event("refresh");
+                Ok(Some(*pair))
+            }
+            Ok(crate::auth::RefreshResult::ReuseDetected) => {
+                metrics.auth_event("refresh_reuse_detected");
+                Ok(None)
+            }
+            Ok(crate::auth::RefreshResult::Invalid) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A browser navigation refused on a protected route: without a usable credential, to
+    /// the sign-in page (coming back here afterwards); signed in but not allowed, a page that
+    /// says who is signed in, with a way out.
+    async fn send_to_sign_in(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        denial: Denial,
+    ) -> Decision {
+        let cookies = std::mem::take(&mut ctx.set_cookies);
+        let extra: Vec<(&str, &str)> = cookies.iter().map(|c| ("Set-Cookie", c.as_str())).collect();
+        if is_no_credential(denial) {
+            let rd = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            let location = browser::login_location(&rd);
+            ctx.status =
+                respond::redirect_with(session, 302, &location, &extra, &ctx.request_id).await;
+            return Decision::Responded;
+        }
+        if denial == Denial::InsufficientRole {
+            let email = self.cookie_email(session).unwrap_or_default();
+            let html = pages::forbidden(&email);
+            ctx.status = respond::page(session, 403, html, &extra, &ctx.request_id).await;
+            return Decision::Responded;
+        }
+        Decision::Reject(denial.into())
+    }
+
+    /// The email in the browser's access cookie (already verified by the decision).
+    fn cookie_email(&self, session: &Session) -> Option<String> {
+        let live = self.shared.live.load();
+        let names = live.cookies.as_ref()?;
+        let token = cookies_of::cookie(&session.req_header().headers, &names.access)?;
+        let claims = self.shared.auth.tokens().verify(token).ok()?;
+        Some(claims.email.clone())
+    }
+
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Decision {
         let shared = &*self.shared;
         let raw_head = session
@@ -260,62 +351,157 @@ impl Gateway {
         // The pure decision is `access::decide`, the same function `routes explain` runs.
         let live = shared.live.load();
         let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str())); // HTTP/2 `:authority`
+        let authorization = bearer(
+            req.headers
+                .get_all("authorization")
+                .iter()
+                .map(|v| v.as_bytes()),
+        );
+        // A browser's cookies count only when no Authorization header is there (it wins).
+        let browser = live
+            .cookies
+            .as_ref()
+            .filter(|_| matches!(authorization, Ok(None)));
+        let browser_request = browser.is_some();
+        let access_cookie = browser.and_then(|n| cookies_of::cookie(&req.headers, &n.access));
+        let refresh_cookie = browser
+            .and_then(|n| cookies_of::cookie(&req.headers, &n.refresh))
+            .map(str::to_owned);
+        ctx.cookie_auth = access_cookie.is_some();
         let request = access::Request {
             method: &req.method,
             path: req.uri.path(),
-            host: req
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .or_else(|| req.uri.authority().map(|a| a.as_str())), // HTTP/2 `:authority`
-            bearer: bearer(
-                req.headers
-                    .get_all("authorization")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            ),
+            host,
+            bearer: access_cookie.map_or(authorization, |t| Ok(Some(t))),
         };
-        let (path, route) =
-            match access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await
-            {
-                access::Decision::BadPath(e) => return Decision::Reject(e.into()),
-                access::Decision::Auth { path } => {
-                    drop(live);
-                    ctx.pseudo = Pseudo::Auth;
-                    ctx.status = auth_api::handle(shared, session, ctx, &path).await;
-                    return Decision::Responded;
-                }
-                access::Decision::NoRoute { .. } => {
-                    return Decision::Reject(ApiError::not_found());
-                }
-                access::Decision::Deny {
-                    route,
-                    denial,
-                    path,
-                    ..
-                } => {
-                    ctx.path = Some(path);
-                    ctx.deny_reason = Some(denial.reason());
-                    ctx.route = Some(route);
-                    shared.metrics.denied(denial.reason());
-                    return Decision::Reject(denial.into());
-                }
-                access::Decision::Forward {
-                    path,
-                    route,
-                    identity,
-                } => {
-                    if let Some(auth) = identity {
-                        if let Some(lookup) = auth.lookup {
-                            let hit = lookup == crate::access::Lookup::Hit;
-                            shared.metrics.revocation_lookup(hit);
-                        }
-                        ctx.identity = Some(auth.claims);
-                    }
-                    ctx.route = Some(route.clone());
-                    (path, route)
-                }
+        let mut decision =
+            access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await;
+        if let (Some(names), access::Decision::Deny { denial, .. }) = (browser, &decision)
+            && is_no_credential(*denial)
+            && (ctx.cookie_auth || refresh_cookie.is_some())
+        {
+            // The access cookie is missing, expired or revoked: a refresh cookie that still
+            // works renews the session on this very request; otherwise the cookies are
+            // cleared and the request counts as carrying no credential.
+            let renewed = match &refresh_cookie {
+                Some(rt) => self.refresh_cookie_session(session, ctx, rt).await,
+                None => Ok(None),
             };
+            match renewed {
+                Ok(Some(pair)) => {
+                    ctx.set_cookies = browser::session_cookies(names, &pair).to_vec();
+                    ctx.cookie_auth = true;
+                    let req = session.req_header();
+                    let request = access::Request {
+                        method: &req.method,
+                        path: req.uri.path(),
+                        host: req
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .or_else(|| req.uri.authority().map(|a| a.as_str())),
+                        bearer: Ok(Some(&pair.access_token)),
+                    };
+                    decision =
+                        access::decide(&live.routes, live.path_policy, request, &shared.authorizer)
+                            .await;
+                }
+                Ok(None) => {
+                    ctx.set_cookies = browser::cleared_cookies(names).to_vec();
+                    ctx.cookie_auth = false;
+                    let req = session.req_header();
+                    let request = access::Request {
+                        method: &req.method,
+                        path: req.uri.path(),
+                        host: req
+                            .headers
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .or_else(|| req.uri.authority().map(|a| a.as_str())),
+                        bearer: Ok(None),
+                    };
+                    decision =
+                        access::decide(&live.routes, live.path_policy, request, &shared.authorizer)
+                            .await;
+                }
+                Err(err) => return Decision::Reject(err),
+            }
+        }
+        let (path, route) = match decision {
+            access::Decision::BadPath(e) => return Decision::Reject(e.into()),
+            access::Decision::Auth { path } => {
+                drop(live);
+                ctx.pseudo = Pseudo::Auth;
+                ctx.status = auth_api::handle(shared, session, ctx, &path).await;
+                return Decision::Responded;
+            }
+            access::Decision::NoRoute { .. } => {
+                return Decision::Reject(ApiError::not_found());
+            }
+            access::Decision::Deny {
+                route,
+                denial,
+                path,
+                ..
+            } => {
+                ctx.path = Some(path);
+                ctx.deny_reason = Some(denial.reason());
+                ctx.route = Some(route);
+                shared.metrics.denied(denial.reason());
+                // Sent to sign in: a navigation that carried no Authorization header (cookies
+                // or nothing); a role refusal only for a cookie session.
+                let req = session.req_header();
+                let to_page = if is_no_credential(denial) {
+                    browser_request
+                } else {
+                    denial == Denial::InsufficientRole && ctx.cookie_auth
+                };
+                if to_page && cookies_of::is_navigation(&req.method, &req.headers) {
+                    return self.send_to_sign_in(session, ctx, denial).await;
+                }
+                let mut err = ApiError::from(denial);
+                for cookie in ctx.set_cookies.drain(..) {
+                    err = err.with("Set-Cookie", cookie);
+                }
+                return Decision::Reject(err);
+            }
+            access::Decision::Forward {
+                path,
+                route,
+                identity,
+            } => {
+                if let Some(auth) = identity {
+                    if let Some(lookup) = auth.lookup {
+                        let hit = lookup == crate::access::Lookup::Hit;
+                        shared.metrics.revocation_lookup(hit);
+                    }
+                    ctx.identity = Some(auth.claims);
+                }
+                ctx.route = Some(route.clone());
+                (path, route)
+            }
+        };
+        if ctx.cookie_auth && ctx.identity.is_some() {
+            let req = session.req_header();
+            if !cookies_of::is_safe(&req.method) {
+                let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+                let own = shared.forwarding.external_origin(ctx.peer_ip, req, tls);
+                let trusted = &live.config.browser.trusted_origins;
+                if !cookies_of::same_origin_write(&req.headers, &own, trusted) {
+                    ctx.deny_reason = Some("cross_site");
+                    return Decision::Reject(ApiError::new(
+                        403,
+                        "forbidden",
+                        "a cookie-authenticated write from another site is refused",
+                    ));
+                }
+            }
+        }
         let req = session.req_header();
         ctx.pool = live.upstreams.get(&route.upstream).cloned();
         ctx.websocket = forward::is_websocket(req);
@@ -364,6 +550,8 @@ impl ProxyHttp for Gateway {
             websocket: false,
             tunnel: None,
             late_denial: None,
+            cookie_auth: false,
+            set_cookies: Vec::new(),
             deny_reason: None,
             user_id: None,
             upstream_addr: None,
@@ -477,6 +665,15 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("Upgrade", "websocket")?;
             upstream_request.insert_header("Connection", "upgrade")?;
         }
+        if let Some(names) = &self.shared.live.load().cookies {
+            // The gateway's cookies never reach the upstream; its own cookies do.
+            match cookies_of::without_ours(&upstream_request.headers, names) {
+                Some(rest) => upstream_request.insert_header("Cookie", rest)?,
+                None => {
+                    upstream_request.remove_header("cookie");
+                }
+            }
+        }
         self.shared.forwarding.rewrite(
             upstream_request,
             ctx.identity.as_deref(),
@@ -499,6 +696,9 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         upstream_response.insert_header("X-Request-Id", ctx.request_id.header())?;
+        for cookie in ctx.set_cookies.drain(..) {
+            upstream_response.append_header("Set-Cookie", cookie)?;
+        }
         Ok(())
     }
 
@@ -672,6 +872,14 @@ impl ProxyHttp for Gateway {
             deny_reason: ctx.deny_reason,
         });
     }
+}
+
+/// Whether a refusal means "no usable credential" (a browser is then sent to sign in).
+fn is_no_credential(denial: Denial) -> bool {
+    matches!(
+        denial,
+        Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked
+    )
 }
 
 /// Whether `token` can be an ACME HTTP-01 token: base64url characters only (RFC 8555 §8.3),

@@ -234,6 +234,45 @@ pub async fn redirect(session: &mut Session, location: &str, request_id: &str) -
     302
 }
 
+/// Writes a redirect (`status` 302 or 303) to `location` with `extra` headers (the session
+/// cookies a sign-in sets or clears); never cached.
+pub async fn redirect_with(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    extra: &[(&str, &str)],
+    request_id: &str,
+) -> u16 {
+    let mut headers = vec![("Location", location)];
+    headers.extend_from_slice(extra);
+    write(session, status, Vec::new(), &headers, true, request_id).await;
+    status
+}
+
+/// Writes an HTML page (`super::pages`) with its security headers and `extra` ones; never
+/// cached.
+pub async fn page(
+    session: &mut Session,
+    status: u16,
+    html: String,
+    extra: &[(&str, &str)],
+    request_id: &str,
+) -> u16 {
+    let mut headers: Vec<(&str, &str)> = super::pages::PAGE_HEADERS.to_vec();
+    headers.push(("Content-Security-Policy", super::pages::CSP.as_str()));
+    headers.extend_from_slice(extra);
+    write(
+        session,
+        status,
+        html.into_bytes(),
+        &headers,
+        true,
+        request_id,
+    )
+    .await;
+    status
+}
+
 /// Writes a 308 to `location` (the plain listener's https redirect; method and body kept).
 pub async fn permanent_redirect(session: &mut Session, location: &str, request_id: &str) -> u16 {
     write(
@@ -266,6 +305,18 @@ pub async fn text(session: &mut Session, body: String, request_id: &str) -> u16 
     )
     .await;
     200
+}
+
+/// Writes an empty response with `status` and `extra` headers (forward-auth's 200 carrying
+/// the identity headers).
+pub async fn with_headers(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&str, &str)],
+    request_id: &str,
+) -> u16 {
+    write(session, status, Vec::new(), extra, true, request_id).await;
+    status
 }
 
 /// Writes an empty response (204).

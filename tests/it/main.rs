@@ -7,6 +7,7 @@ mod foundation;
 
 mod acme;
 mod auth;
+mod browser;
 mod deploy;
 mod faults;
 mod limits;

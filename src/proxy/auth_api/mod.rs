@@ -5,6 +5,7 @@
 
 mod handlers;
 pub mod table;
+mod ui;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use crate::access::{Denial, bearer};
 use crate::auth::{AuthError, AuthService, ClientInfo};
 use crate::model::{Role, User};
 use crate::tokens::Claims;
-use table::{Access, Body, ENDPOINTS, Found, Params};
+use table::{Access, Body, ENDPOINTS, Feature, Found, Params};
 
 /// Largest request body accepted on /auth.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -112,6 +113,10 @@ impl Call<'_> {
 
 /// Answers one /auth request; returns the status written.
 pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path: &str) -> u16 {
+    if super::forward_auth::is_forward_auth(path) {
+        // Any method, answered for a proxy in front: not part of the JSON API.
+        return super::forward_auth::handle(shared, session, ctx, path).await;
+    }
     match run(shared, session, ctx, path).await {
         Ok(status) => status,
         Err(err) => {
@@ -144,7 +149,17 @@ async fn run(
     path: &str,
 ) -> Result<u16, ApiError> {
     let method = session.req_header().method.clone();
-    let (endpoint, params) = match table::find(ENDPOINTS, &method, path) {
+    let (browser, registration) = {
+        let live = shared.live.load();
+        let b = &live.config.browser;
+        (b.enabled, b.enabled && b.registration)
+    };
+    let on = |f: Feature| match f {
+        Feature::Core => true,
+        Feature::Browser => browser,
+        Feature::Registration => registration,
+    };
+    let (endpoint, params) = match table::find(ENDPOINTS, on, &method, path) {
         Found::Endpoint(endpoint, params) => (endpoint, params),
         Found::WrongMethod(allow) => return Err(ApiError::method_not_allowed(&allow)),
         Found::NotFound => return Err(ApiError::new(404, "not_found", "no such /auth endpoint")),

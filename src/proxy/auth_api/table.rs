@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::Handler;
 use super::handlers as h;
+use super::ui;
 
 /// Who may call an endpoint; checked before the body is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,18 @@ pub enum Body {
     Form,
 }
 
+/// A part of the API that configuration switches on; its endpoints do not exist (404)
+/// while it is off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// Always there.
+    Core,
+    /// `[browser] enabled`.
+    Browser,
+    /// `[browser] enabled` and `registration`.
+    Registration,
+}
+
 /// One endpoint. A `GET` endpoint answers `HEAD` too.
 pub struct Endpoint {
     /// The method it answers.
@@ -46,6 +59,8 @@ pub struct Endpoint {
     pub body: Body,
     /// What answers it.
     pub handler: Handler,
+    /// What must be switched on for it to exist.
+    pub feature: Feature,
 }
 
 const fn ep(
@@ -54,6 +69,7 @@ const fn ep(
     access: Access,
     body: Body,
     handler: Handler,
+    feature: Feature,
 ) -> Endpoint {
     Endpoint {
         method,
@@ -61,33 +77,40 @@ const fn ep(
         access,
         body,
         handler,
+        feature,
     }
 }
 
 use Access::{Admin, Bearer, Public};
+use Feature::{Browser, Core, Registration};
 
 /// Every `/auth` endpoint (and `/.well-known/jwks.json`), one per line.
 #[rustfmt::skip]
 pub static ENDPOINTS: &[Endpoint] = &[
-    ep(Method::POST,   "/auth/register",                  Public, Body::Json, h::register),
-    ep(Method::POST,   "/auth/login",                     Public, Body::Json, h::login),
-    ep(Method::POST,   "/auth/refresh",                   Public, Body::Json, h::refresh),
-    ep(Method::POST,   "/auth/logout",                    Public, Body::Json, h::logout),
-    ep(Method::POST,   "/auth/logout-all",                Bearer, Body::None, h::logout_all),
-    ep(Method::GET,    "/auth/me",                        Bearer, Body::None, h::me),
-    ep(Method::GET,    "/auth/sessions",                  Bearer, Body::None, h::sessions),
-    ep(Method::DELETE, "/auth/sessions/{id}",             Bearer, Body::None, h::delete_session),
-    ep(Method::POST,   "/auth/password",                  Bearer, Body::Json, h::password),
-    ep(Method::GET,    "/auth/jwks.json",                 Public, Body::None, h::jwks),
-    ep(Method::GET,    "/.well-known/jwks.json",          Public, Body::None, h::jwks),
-    ep(Method::GET,    "/auth/openapi.json",              Public, Body::None, h::openapi),
-    ep(Method::GET,    "/auth/admin/users",               Admin,  Body::None, h::admin_users),
-    ep(Method::PATCH,  "/auth/admin/users/{id}",          Admin,  Body::Json, h::admin_update_user),
-    ep(Method::DELETE, "/auth/admin/users/{id}/sessions", Admin,  Body::None, h::admin_revoke_sessions),
-    ep(Method::GET,    "/auth/admin/audit",               Admin,  Body::None, h::admin_audit),
-    ep(Method::GET,    "/auth/oidc/{name}/login",         Public, Body::None, h::oidc_login),
-    ep(Method::GET,    "/auth/oidc/{name}/callback",      Public, Body::None, h::oidc_callback),
-    ep(Method::POST,   "/auth/oidc/exchange",             Public, Body::Json, h::oidc_exchange),
+    ep(Method::POST,   "/auth/register",                  Public, Body::Json, h::register,              Core),
+    ep(Method::POST,   "/auth/login",                     Public, Body::Json, h::login,                 Core),
+    ep(Method::POST,   "/auth/refresh",                   Public, Body::Json, h::refresh,               Core),
+    ep(Method::POST,   "/auth/logout",                    Public, Body::Json, h::logout,                Core),
+    ep(Method::POST,   "/auth/logout-all",                Bearer, Body::None, h::logout_all,            Core),
+    ep(Method::GET,    "/auth/me",                        Bearer, Body::None, h::me,                    Core),
+    ep(Method::GET,    "/auth/sessions",                  Bearer, Body::None, h::sessions,              Core),
+    ep(Method::DELETE, "/auth/sessions/{id}",             Bearer, Body::None, h::delete_session,        Core),
+    ep(Method::POST,   "/auth/password",                  Bearer, Body::Json, h::password,              Core),
+    ep(Method::GET,    "/auth/jwks.json",                 Public, Body::None, h::jwks,                  Core),
+    ep(Method::GET,    "/.well-known/jwks.json",          Public, Body::None, h::jwks,                  Core),
+    ep(Method::GET,    "/auth/openapi.json",              Public, Body::None, h::openapi,               Core),
+    ep(Method::GET,    "/auth/admin/users",               Admin,  Body::None, h::admin_users,           Core),
+    ep(Method::PATCH,  "/auth/admin/users/{id}",          Admin,  Body::Json, h::admin_update_user,     Core),
+    ep(Method::DELETE, "/auth/admin/users/{id}/sessions", Admin,  Body::None, h::admin_revoke_sessions, Core),
+    ep(Method::GET,    "/auth/admin/audit",               Admin,  Body::None, h::admin_audit,           Core),
+    ep(Method::GET,    "/auth/oidc/{name}/login",         Public, Body::None, h::oidc_login,            Core),
+    ep(Method::GET,    "/auth/oidc/{name}/callback",      Public, Body::None, h::oidc_callback,         Core),
+    ep(Method::POST,   "/auth/oidc/exchange",             Public, Body::Json, h::oidc_exchange,         Core),
+    ep(Method::GET,    "/auth/ui/login",                  Public, Body::None, ui::login_page,           Browser),
+    ep(Method::POST,   "/auth/ui/login",                  Public, Body::Form, ui::login_submit,         Browser),
+    ep(Method::POST,   "/auth/ui/logout",                 Public, Body::Form, ui::logout,               Browser),
+    ep(Method::GET,    "/auth/ui/register",               Public, Body::None, ui::register_page,        Registration),
+    ep(Method::POST,   "/auth/ui/register",               Public, Body::Form, ui::register_submit,      Registration),
 ];
 
 /// The values a path pattern captured.
@@ -126,10 +149,15 @@ pub enum Found<'t> {
     NotFound,
 }
 
-/// Looks `method` and `path` up in `table`.
-pub fn find<'t>(table: &'t [Endpoint], method: &Method, path: &str) -> Found<'t> {
+/// Looks `method` and `path` up in the endpoints of `table` whose feature is `on`.
+pub fn find<'t>(
+    table: &'t [Endpoint],
+    on: impl Fn(Feature) -> bool,
+    method: &Method,
+    path: &str,
+) -> Found<'t> {
     let mut allowed: Vec<&str> = Vec::new();
-    for endpoint in table {
+    for endpoint in table.iter().filter(|e| on(e.feature)) {
         let Some(params) = capture(endpoint.path, path) else {
             continue;
         };
@@ -171,7 +199,7 @@ mod tests {
 
     #[test]
     fn the_table_answers_the_method_or_says_which_are_allowed() {
-        let found = |m: Method, p: &str| match find(ENDPOINTS, &m, p) {
+        let found = |m: Method, p: &str| match find(ENDPOINTS, |f| f == Feature::Core, &m, p) {
             Found::Endpoint(e, _) => format!("{} {}", e.method, e.path),
             Found::WrongMethod(allow) => format!("405 {allow}"),
             Found::NotFound => "404".to_string(),
@@ -186,6 +214,11 @@ mod tests {
         );
         assert_eq!(found(Method::GET, "/auth/nope"), "404");
         assert_eq!(found(Method::DELETE, "/auth/sessions/not-a-uuid"), "404");
+        // A feature that is off: its endpoints do not exist.
+        assert_eq!(found(Method::GET, "/auth/ui/login"), "404");
+        let all =
+            |m: Method, p: &str| matches!(find(ENDPOINTS, |_| true, &m, p), Found::Endpoint(..));
+        assert!(all(Method::GET, "/auth/ui/login") && all(Method::POST, "/auth/ui/register"));
     }
 
     #[test]
