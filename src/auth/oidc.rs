@@ -66,6 +66,20 @@ pub struct CallbackRedirect {
     pub location: String,
     /// Whether it carries a login code (false: it carries `error=…`).
     pub success: bool,
+    /// A login started from the sign-in page: the account to open a cookie session for
+    /// (`None` when it failed), instead of a login code in `location`.
+    pub browser: Option<Option<User>>,
+}
+
+/// Where a provider login ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Return<'a> {
+    /// An API client: `redirect_to` (checked against `allowed_redirects`) with a one-time
+    /// login code to exchange.
+    LoginCode(Option<&'a str>),
+    /// The sign-in page: the session cookies and a 303 to `rd` (already made safe by the
+    /// caller, under the `[browser]` rules).
+    Browser(&'a str),
 }
 
 /// The configured providers plus what the flow needs.
@@ -163,20 +177,22 @@ impl OidcService {
     }
 
     /// Starts a login: records state, nonce and PKCE verifier, returns the provider URL.
-    pub async fn login_url(
-        &self,
-        name: &str,
-        redirect_to: Option<&str>,
-    ) -> Result<String, OidcError> {
+    pub async fn login_url(&self, name: &str, back: Return<'_>) -> Result<String, OidcError> {
         let provider = self.provider(name)?;
-        let redirect_to = redirect_to
-            .filter(|r| {
-                provider
-                    .allowed_redirects
-                    .iter()
-                    .any(|a| r.starts_with(a.as_str()))
-            })
-            .ok_or(OidcError::BadRedirect)?;
+        let (redirect_to, for_browser) = match back {
+            Return::LoginCode(redirect_to) => {
+                let checked = redirect_to
+                    .filter(|r| {
+                        provider
+                            .allowed_redirects
+                            .iter()
+                            .any(|a| r.starts_with(a.as_str()))
+                    })
+                    .ok_or(OidcError::BadRedirect)?;
+                (checked, false)
+            }
+            Return::Browser(rd) => (rd, true),
+        };
         let client = self.client(provider).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = random_token();
@@ -204,6 +220,7 @@ impl OidcService {
                     nonce,
                     pkce_verifier: verifier.secret().clone(),
                     redirect_to: redirect_to.to_string(),
+                    for_browser,
                 },
             )
             .await
@@ -293,6 +310,7 @@ impl OidcService {
                 return Ok(CallbackRedirect {
                     location: with_query(&pending.redirect_to, &[("error", "email_taken")]),
                     success: false,
+                    browser: pending.for_browser.then_some(None),
                 });
             }
             None => {
@@ -304,6 +322,13 @@ impl OidcService {
         if !user.is_active {
             return Err(AuthError::AccountDisabled.into());
         }
+        if pending.for_browser {
+            return Ok(CallbackRedirect {
+                location: pending.redirect_to,
+                success: true,
+                browser: Some(Some(user)),
+            });
+        }
         let login_code = random_token();
         self.store
             .save_login_code(&sha256(&login_code), user.id, LOGIN_CODE_TTL_SECS)
@@ -312,6 +337,7 @@ impl OidcService {
         Ok(CallbackRedirect {
             location: with_query(&pending.redirect_to, &[("login_code", &login_code)]),
             success: true,
+            browser: None,
         })
     }
 

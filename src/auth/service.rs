@@ -176,6 +176,16 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let user = self.oidc.redeem(login_code).await?;
+        self.oidc_session(user, client).await
+    }
+
+    /// Opens a session for `user`, who just signed in at a provider (the login code's
+    /// exchange, or the sign-in page's provider button).
+    pub async fn oidc_session(
+        &self,
+        user: User,
+        client: &ClientInfo,
+    ) -> Result<TokenPair, AuthError> {
         let user_id = user.id;
         let pair = self.open_session(user, client).await?;
         let me = Some(user_id);

@@ -16,6 +16,8 @@ pub struct OidcState {
     pub pkce_verifier: String,
     /// Where the browser goes afterwards.
     pub redirect_to: String,
+    /// Started from the sign-in page: ends in the session cookies, not a login code.
+    pub for_browser: bool,
 }
 
 /// How a provider login resolved to an account.
@@ -51,14 +53,16 @@ impl Store {
             .await?;
         client
             .execute(
-                "INSERT INTO oidc_states (state_hash, provider, nonce, pkce_verifier, redirect_to)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO oidc_states
+                   (state_hash, provider, nonce, pkce_verifier, redirect_to, for_browser)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
                     &state_hash,
                     &state.provider,
                     &state.nonce,
                     &state.pkce_verifier,
                     &state.redirect_to,
+                    &state.for_browser,
                 ],
             )
             .await?;
@@ -76,7 +80,7 @@ impl Store {
         let row = client
             .query_opt(
                 "DELETE FROM oidc_states WHERE state_hash = $1
-                 RETURNING provider, nonce, pkce_verifier, redirect_to,
+                 RETURNING provider, nonce, pkce_verifier, redirect_to, for_browser,
                            created_at > now() - interval '10 minutes' AS fresh",
                 &[&state_hash],
             )
@@ -87,6 +91,7 @@ impl Store {
             nonce: row.try_get("nonce")?,
             pkce_verifier: row.try_get("pkce_verifier")?,
             redirect_to: row.try_get("redirect_to")?,
+            for_browser: row.try_get("for_browser")?,
         };
         let fresh: bool = row.try_get("fresh")?;
         Ok((fresh && state.provider == provider).then_some(state))

@@ -604,3 +604,134 @@ async fn id_tokens_with_a_wrong_nonce_audience_issuer_expiry_or_key_are_refused_
     assert_eq!(user_count(&gw).await, 1);
     assert_eq!(rows(&gw, "oidc_login_codes").await, 1);
 }
+
+#[tokio::test]
+async fn the_sign_in_pages_provider_button_ends_in_the_session_cookies() {
+    let idp = Idp::start().await;
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.extra = format!(
+        r#"
+[browser]
+enabled = true
+
+[[oidc]]
+name = "test"
+issuer = "{}"
+client_id = "portcullis"
+client_secret_env = "PT_OIDC_SECRET"
+redirect_uri = "http://127.0.0.1/auth/oidc/test/callback"
+allowed_redirects = ["https://app.example.com/"]
+"#,
+        idp.issuer
+    );
+    opts.env.push(("PT_OIDC_SECRET".into(), "s3cret".into()));
+    let gw = Gateway::start(opts).await;
+    // The sign-in page offers the provider, coming back to where the person was going.
+    let page = gw.get("/auth/ui/login?rd=%2Fapi%2Freports", None).await;
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("href=\"/auth/oidc/test/login?rd=%2Fapi%2Freports\""),
+        "{html}"
+    );
+    let start = gw
+        .get("/auth/oidc/test/login?rd=%2Fapi%2Freports", None)
+        .await;
+    assert_eq!(start.status(), 302);
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let who = Identity {
+        sub: "browser-sub".into(),
+        email: "browser@example.com".into(),
+        email_verified: true,
+    };
+    let (code, state) = idp.authorize(&location, who);
+    let back = gw
+        .http
+        .get(gw.url(&format!(
+            "/auth/oidc/test/callback?code={code}&state={state}"
+        )))
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(back.status(), 303);
+    assert_eq!(back.headers()["location"], "/api/reports");
+    let cookies: Vec<String> = back
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    let r = gw
+        .http
+        .get(gw.url("/api/reports"))
+        .header("cookie", cookies.join("; "))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        echo.last().header("x-auth-email"),
+        vec!["browser@example.com"]
+    );
+    // An rd to another site is made safe, as on the sign-in form.
+    let start = gw
+        .get(
+            "/auth/oidc/test/login?rd=https%3A%2F%2Fevil.example%2F",
+            None,
+        )
+        .await;
+    let location = start.headers()["location"].to_str().unwrap().to_string();
+    let (code, state) = idp.authorize(
+        &location,
+        Identity {
+            sub: "browser-sub".into(),
+            email: "browser@example.com".into(),
+            email_verified: true,
+        },
+    );
+    let back = gw
+        .get(
+            &format!("/auth/oidc/test/callback?code={code}&state={state}"),
+            None,
+        )
+        .await;
+    assert_eq!(back.status(), 303);
+    assert_eq!(back.headers()["location"], "/");
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_gives_the_sign_in_page_an_error_page() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.extra = format!(
+        r#"
+[browser]
+enabled = true
+
+[[oidc]]
+name = "down"
+issuer = "http://127.0.0.1:{}"
+client_id = "portcullis"
+client_secret_env = "PT_OIDC_SECRET"
+redirect_uri = "http://127.0.0.1/auth/oidc/down/callback"
+allowed_redirects = ["https://app.example.com/"]
+"#,
+        free_port()
+    );
+    opts.env.push(("PT_OIDC_SECRET".into(), "s3cret".into()));
+    let gw = Gateway::start(opts).await;
+    let r = gw.get("/auth/oidc/down/login?rd=%2F", None).await;
+    assert_eq!(r.status(), 502);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = r.text().await.unwrap();
+    assert!(html.contains("Back to sign in"), "{html}");
+    // The sign-in page itself still works.
+    assert_eq!(gw.get("/auth/ui/login", None).await.status(), 200);
+}

@@ -5,8 +5,10 @@
 use serde::Deserialize;
 
 use super::{Call, Reply};
+use crate::auth::oidc::Return;
 use crate::auth::{AuditParams, AuthError, RefreshResult};
 use crate::model::Role;
+use crate::proxy::respond::ApiError;
 use crate::store::AdminUpdate;
 
 #[derive(Deserialize)]
@@ -219,12 +221,33 @@ pub(super) fn admin_revoke_sessions(mut c: Call<'_>) -> Reply<'_> {
 pub(super) fn oidc_login(mut c: Call<'_>) -> Reply<'_> {
     Box::pin(async move {
         let query = c.query();
-        let url = c
-            .auth()
-            .oidc()
-            .login_url(c.name()?, query.get("redirect_to").map(String::as_str))
-            .await?;
-        Ok(c.redirect(&url).await)
+        let browser = c.shared.live.load().cookies.is_some();
+        match query
+            .get("rd")
+            .filter(|_| browser && !query.contains_key("redirect_to"))
+        {
+            // The sign-in page's provider button: ends in the session cookies.
+            Some(rd) => {
+                let rd = c.rd(Some(rd));
+                let started = c
+                    .auth()
+                    .oidc()
+                    .login_url(c.name()?, Return::Browser(&rd))
+                    .await;
+                match started {
+                    Ok(url) => Ok(c.redirect(&url).await),
+                    Err(e) => {
+                        let err = ApiError::from(e);
+                        Ok(c.error_page(&err).await)
+                    }
+                }
+            }
+            None => {
+                let back = Return::LoginCode(query.get("redirect_to").map(String::as_str));
+                let url = c.auth().oidc().login_url(c.name()?, back).await?;
+                Ok(c.redirect(&url).await)
+            }
+        }
     })
 }
 
@@ -242,8 +265,36 @@ pub(super) fn oidc_callback(mut c: Call<'_>) -> Reply<'_> {
                 get("error"),
                 &c.client,
             )
-            .await?;
-        Ok(c.redirect(&next.location).await)
+            .await;
+        let person = c.shared.live.load().cookies.is_some() && {
+            let req = c.session.req_header();
+            crate::access::browser::is_navigation(&req.method, &req.headers)
+        };
+        let next = match next {
+            Ok(next) => next,
+            Err(e) if person => {
+                let err = ApiError::from(e);
+                return Ok(c.error_page(&err).await);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match next.browser {
+            None => Ok(c.redirect(&next.location).await),
+            Some(Some(user)) => {
+                let names = c.cookie_names()?;
+                let pair = c.auth().oidc_session(user, &c.client).await?;
+                c.shared.metrics.auth_event("login_ok");
+                Ok(c.signed_in(&names, &pair, &next.location).await)
+            }
+            Some(None) => {
+                let err = ApiError::new(
+                    409,
+                    "email_taken",
+                    "An account with this email already exists: sign in with its password.",
+                );
+                Ok(c.error_page(&err).await)
+            }
+        }
     })
 }
 

@@ -30,7 +30,7 @@ const WRONG: &str = "Wrong email or password.";
 
 impl Call<'_> {
     /// The cookie names, or 404 while `[browser]` is off.
-    fn cookie_names(&self) -> Result<CookieNames, ApiError> {
+    pub(super) fn cookie_names(&self) -> Result<CookieNames, ApiError> {
         self.shared
             .live
             .load()
@@ -40,7 +40,7 @@ impl Call<'_> {
     }
 
     /// `rd` made safe (this site or an allowed host; `/` otherwise).
-    fn rd(&self, rd: Option<&str>) -> String {
+    pub(super) fn rd(&self, rd: Option<&str>) -> String {
         let live = self.shared.live.load();
         let host = self
             .session
@@ -59,7 +59,7 @@ impl Call<'_> {
     }
 
     /// Whether this form post comes from this site (Fetch Metadata and `Origin`, §9).
-    fn same_origin(&self) -> bool {
+    pub(super) fn same_origin(&self) -> bool {
         let req = self.session.req_header();
         let tls = self
             .session
@@ -74,7 +74,7 @@ impl Call<'_> {
     }
 
     /// The form page with `status`.
-    async fn form(
+    pub(super) async fn form(
         &mut self,
         status: u16,
         error: Option<&str>,
@@ -104,7 +104,12 @@ impl Call<'_> {
     }
 
     /// Signed in: both cookies, then 303 to `rd`.
-    async fn signed_in(&mut self, names: &CookieNames, pair: &TokenPair, rd: &str) -> u16 {
+    pub(super) async fn signed_in(
+        &mut self,
+        names: &CookieNames,
+        pair: &TokenPair,
+        rd: &str,
+    ) -> u16 {
         self.ctx.user_id = Some(pair.user.id);
         let cookies = session_cookies(names, pair);
         let extra = [
@@ -115,7 +120,7 @@ impl Call<'_> {
     }
 
     /// A refusal as a page: 403 cross-site, 429 with `Retry-After`, 503 and the like.
-    async fn page_for(&mut self, err: AuthError) -> Result<u16, ApiError> {
+    pub(super) async fn page_for(&mut self, err: AuthError) -> Result<u16, ApiError> {
         let rid = self.ctx.request_id.clone();
         match err {
             AuthError::RateLimited(secs) => {
@@ -137,7 +142,19 @@ impl Call<'_> {
         }
     }
 
-    async fn cross_site(&mut self) -> u16 {
+    /// A refusal shown as a page to a person (a provider login gone wrong): its status and
+    /// its sentence, never a stack of JSON.
+    pub(super) async fn error_page(&mut self, err: &ApiError) -> u16 {
+        let title = match err.status {
+            409 => "Account exists",
+            502..=504 => "Sign-in provider unavailable",
+            _ => "Sign-in failed",
+        };
+        let html = pages::message(title, &err.message);
+        respond::page(self.session, err.status, html, &[], &self.ctx.request_id).await
+    }
+
+    pub(super) async fn cross_site(&mut self) -> u16 {
         self.ctx.deny_reason = Some("cross_site");
         let html = pages::message("Request refused", "This form was sent from another site.");
         respond::page(self.session, 403, html, &[], &self.ctx.request_id).await
