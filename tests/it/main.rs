@@ -4,10 +4,12 @@
 mod harness;
 
 mod foundation;
+mod front_proxies;
 
 mod acme;
 mod auth;
 mod browser;
+mod chromium;
 mod deploy;
 mod faults;
 mod limits;
