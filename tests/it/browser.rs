@@ -576,3 +576,67 @@ async fn forward_auth_refuses_a_peer_that_is_not_a_trusted_proxy() {
     let r = ask(&gw, "/auth/forward-auth", "GET", "/public/x", &[]).await;
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test]
+async fn the_sign_up_page_registers_and_signs_in_with_the_rules_of_register() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.extra = "\n[browser]\nenabled = true\nregistration = true\n".into();
+    let gw = Gateway::start(opts).await;
+    let page = client()
+        .get(gw.url("/auth/ui/register?rd=/api/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Create account"));
+    // Too short a password: the form again, nothing created.
+    let r = client()
+        .post(gw.url("/auth/ui/register"))
+        .form(&[
+            ("email", "new@x.io"),
+            ("password", "short"),
+            ("rd", "/api/x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client()
+        .post(gw.url("/auth/ui/register"))
+        .form(&[
+            ("email", "new@x.io"),
+            ("password", PASSWORD),
+            ("rd", "/api/x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/api/x");
+    let set = set_cookies(&r);
+    let r = client()
+        .get(gw.url("/api/x"))
+        .header("cookie", cookie_header(&set, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(echo.last().header("x-auth-email"), vec!["new@x.io"]);
+    // The same email again: 409, the form again.
+    let r = client()
+        .post(gw.url("/auth/ui/register"))
+        .form(&[("email", "NEW@x.io"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // Without registration = true the page does not exist.
+    let (_e, plain) = browser_gateway("").await;
+    let r = client()
+        .get(plain.url("/auth/ui/register"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
