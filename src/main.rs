@@ -156,6 +156,8 @@ fn main() -> ExitCode {
     };
     // Held to the end of main: dropping it flushes the log lines still queued.
     let _log = portcullis::telemetry::init_logging(&config.log);
+    let serving = matches!(cli.command, Command::Serve { .. });
+    let json_log = config.log.format == portcullis::config::LogFormat::Json;
     let result = match cli.command {
         Command::CheckConfig => cli::serve::check_config(&config, &cli.config),
         Command::Migrate => cli::serve::migrate(&config, true),
@@ -170,6 +172,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if serving && json_log => {
+            // A log pipeline reading `serve` gets this as a JSON line like every other.
+            tracing::error!(error = %format!("{e:#}"), "serve stopped");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

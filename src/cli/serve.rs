@@ -24,19 +24,29 @@ pub fn check_config(config: &Config, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `migrate` (verbose) or the auto-migration before `serve` (quiet when nothing applies).
+/// `migrate` (`verbose`: prints each step for the operator at the terminal) or the
+/// auto-migration before `serve` (the steps are log lines, so that under `format = "json"`
+/// every line `serve` writes is JSON).
 pub fn migrate(config: &Config, verbose: bool) -> anyhow::Result<()> {
     let url = config.database.url.clone();
     runtime()?.block_on(async move {
         if store::ensure_database(&url).await? {
-            println!("created database");
+            if verbose {
+                println!("created database");
+            } else {
+                tracing::info!("created the database named in database.url");
+            }
         }
         let applied = store::migrate(&url).await?;
         if verbose && applied.is_empty() {
             println!("no pending migrations");
         }
         for name in applied {
-            println!("applied {name}");
+            if verbose {
+                println!("applied {name}");
+            } else {
+                tracing::info!(migration = %name, "applied migration");
+            }
         }
         Ok::<_, anyhow::Error>(())
     })

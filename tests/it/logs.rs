@@ -704,3 +704,66 @@ async fn reaching_the_account_limit_records_one_lockout() {
         vec!["register", "login_failed", "login_failed", "lockout"]
     );
 }
+
+#[tokio::test]
+async fn under_json_every_line_serve_writes_is_json_from_creating_the_database_on() {
+    let echo = Echo::start().await;
+    let mut opts = Options::new(echo.addr);
+    opts.extra = JSON_LOG.into();
+    // A database that does not exist yet: serve creates and migrates it, and says so.
+    let name = format!("t_json_{}", uuid::Uuid::new_v4().simple());
+    opts.database = Some(url_for(&name));
+    let mut gw = Gateway::start(opts).await;
+    let r = gw.get("/public/x", None).await;
+    assert_eq!(r.status(), 200);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    let log = gw.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{log}"));
+        assert!(v.is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(log.contains("created the database"), "{log}");
+    assert!(log.contains("applied migration"), "{log}");
+    assert!(lines > 5, "{log}");
+    admin_exec(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+}
+
+#[tokio::test]
+async fn under_json_serve_reports_a_failed_start_as_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = Options::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9)));
+    opts.extra = JSON_LOG.into();
+    let dead = format!("postgres://postgres@127.0.0.1:{}/nothing", free_port());
+    let text = config_text(
+        &opts,
+        free_port(),
+        free_port(),
+        &dead,
+        &dir.path().join("keys"),
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = run_cli(&path, &["serve"], "", &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let all: Vec<&str> = stderr
+        .lines()
+        .chain(stdout.lines())
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!all.is_empty());
+    for line in &all {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(v.is_object());
+    }
+    assert!(
+        stderr.contains("serve stopped") && stderr.contains("auto-migration failed"),
+        "{stderr}"
+    );
+}
