@@ -1,9 +1,8 @@
 //! The dedicated LISTEN connection that keeps every instance's revocation cache coherent.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use super::REVOCATION_CHANNEL;
@@ -85,11 +84,14 @@ async fn listen_once<F>(
 where
     F: Fn(RevocationEvent),
 {
-    let config = match tokio_postgres::Config::from_str(url) {
-        Ok(c) => c,
-        Err(e) => return Err(e),
+    let target = match super::tls::target(url) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation LISTEN connection: bad database.url");
+            return Ok(());
+        }
     };
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = target.config.connect(target.tls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {

@@ -1,11 +1,8 @@
 //! Embedded migrations (refinery): `migrations/V<n>__<name>.sql`, applied in order and
 //! recorded in `refinery_schema_history`; re-running is a no-op.
 
-use std::str::FromStr;
-
-use tokio_postgres::NoTls;
-
 use super::StoreError;
+use super::tls::{self, Target};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -14,8 +11,8 @@ mod embedded {
 /// Serializes concurrent migrators (several instances starting at once).
 const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_6375_6c6c; // "portcull"
 
-async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, connection) = config.connect(NoTls).await?;
+async fn connect(target: &Target) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) = target.config.connect(target.tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "migration connection closed");
@@ -26,19 +23,19 @@ async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Clie
 
 /// Creates the database named in `url` when it does not exist yet.
 pub async fn ensure_database(url: &str) -> Result<bool, StoreError> {
-    let config =
-        tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
-    let name = config
+    let target = tls::target(url)?;
+    let name = target
+        .config
         .get_dbname()
         .ok_or_else(|| StoreError::BadUrl("the URL names no database".into()))?
         .to_string();
-    match connect(&config).await {
+    match connect(&target).await {
         Ok(_) => return Ok(false),
         Err(StoreError::Db(msg)) if msg.starts_with("3D000") => {}
         Err(e) => return Err(e),
     }
-    let mut admin = config.clone();
-    admin.dbname("postgres");
+    let mut admin = target.clone();
+    admin.config.dbname("postgres");
     let client = connect(&admin).await?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match client
@@ -55,9 +52,7 @@ pub async fn ensure_database(url: &str) -> Result<bool, StoreError> {
 
 /// Applies pending migrations and returns the names of those applied now.
 pub async fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
-    let config =
-        tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
-    let mut client = connect(&config).await?;
+    let mut client = connect(&tls::target(url)?).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;

@@ -7,16 +7,15 @@ mod listener;
 mod migrate;
 mod oidc;
 mod sessions;
+pub mod tls;
 mod users;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
-use tokio_postgres::NoTls;
 
 pub use acme::StoredCert;
 pub use audit::AuditQuery;
@@ -141,8 +140,8 @@ impl Store {
         acquire_timeout: Duration,
         statement_timeout: Duration,
     ) -> Result<Store, StoreError> {
-        let mut pg =
-            tokio_postgres::Config::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))?;
+        let target = tls::target(url)?;
+        let mut pg = target.config;
         if !statement_timeout.is_zero() {
             let ours = format!("-c statement_timeout={}", statement_timeout.as_millis());
             let options = match pg.get_options() {
@@ -153,7 +152,7 @@ impl Store {
         }
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            target.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

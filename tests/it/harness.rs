@@ -1100,6 +1100,12 @@ impl PrivatePg {
     /// here must survive a machine crash; a process crash keeps every commit, since WAL is
     /// still written synchronously to the OS) and starts it.
     pub fn start() -> PrivatePg {
+        PrivatePg::start_with_tls(None)
+    }
+
+    /// [`PrivatePg::start`], and with `Some((cert_pem, key_pem))` TLS on and only TLS
+    /// accepted over TCP (`hostssl` lines only): a managed PostgreSQL's setup.
+    pub fn start_with_tls(tls: Option<(&str, &str)>) -> PrivatePg {
         let template = pg_template_dir();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -1123,6 +1129,26 @@ impl PrivatePg {
             sock.display()
         )
         .unwrap();
+        if let Some((cert, key)) = tls {
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            write!(
+                conf,
+                "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+            )
+            .unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostssl all all ::1/128 trust\n",
+            )
+            .unwrap();
+        }
         drop(conf);
         give_to_postgres(dir.path());
         let pg = PrivatePg { port, dir };

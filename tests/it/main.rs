@@ -10,6 +10,7 @@ mod acme;
 mod auth;
 mod browser;
 mod chromium;
+mod database_tls;
 mod deploy;
 mod faults;
 mod limits;

@@ -24,8 +24,8 @@ pub(crate) struct Pki {
 /// A leaf certificate and its key, as PEM, plus the DER the server presents.
 #[derive(Clone)]
 pub(crate) struct Leaf {
-    cert_pem: String,
-    key_pem: String,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
     der: Vec<u8>,
 }
 
@@ -40,7 +40,7 @@ impl Pki {
         Pki { ca }
     }
 
-    fn ca_pem(&self) -> String {
+    pub(crate) fn ca_pem(&self) -> String {
         self.ca.pem()
     }
 
