@@ -18,6 +18,7 @@ pub mod config;
 pub mod model;
 pub mod proxy;
 pub mod reload;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -68,6 +69,9 @@ pub enum BuildError {
     /// The TLS listener's settings.
     #[error("tls listener: {0}")]
     TlsListener(String),
+    /// The data key ring.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
 }
 
 fn pingora_conf(config: &Config) -> ServerConf {
@@ -118,6 +122,9 @@ pub fn build_server(
         Duration::from_millis(config.database.acquire_timeout_ms),
         Duration::from_millis(config.database.statement_timeout_ms),
     )?;
+    // The data key ring (generated on the first start): stored secrets are sealed with it.
+    let secrets = secrets::Secrets::load(secrets::source(&config), true)?;
+    store.use_secrets(secrets.clone());
     let tokens = Arc::new(TokenService::new(&config.tokens)?);
     let hasher = Hasher::new(&config.passwords)?;
     let auth = AuthService::new(&config, store.clone(), tokens.clone(), hasher)?;
@@ -234,6 +241,7 @@ pub fn build_server(
     server.add_service(proxy::services::task("config reload", move || {
         reload::Reloader::new(path.clone(), shared.clone(), tokens.clone())
             .with_certificates(resolver.clone())
+            .with_secrets(secrets.clone())
             .run()
     }));
     Ok(server)

@@ -71,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         command: RoutesCommand,
     },
+    /// The data key ring sealing secrets stored in the database.
+    Secrets {
+        #[command(subcommand)]
+        command: cli::secrets::SecretsCommand,
+    },
     /// Manage signing keys.
     Keys {
         #[command(subcommand)]
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Sessions { command } => cli::sessions::run(&config, command),
         Command::Routes { command } => cli::routes::run(&config, command),
         Command::Keys { command } => cli::keys::run(&config, command),
+        Command::Secrets { command } => cli::secrets::run(&config, command),
         Command::Audit { command } => cli::audit::run(&config, command),
     };
     match result {

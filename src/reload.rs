@@ -19,6 +19,7 @@ pub struct Reloader {
     shared: Arc<Shared>,
     tokens: Arc<TokenService>,
     certs: Option<Arc<CertResolver>>,
+    secrets: Option<crate::secrets::Secrets>,
 }
 
 /// A cheap fingerprint of the file: content hash (mtime alone misses same-second edits).
@@ -38,7 +39,14 @@ impl Reloader {
             shared,
             tokens,
             certs: None,
+            secrets: None,
         }
+    }
+
+    /// Also reloads the data key ring on SIGHUP (a new first key for `secrets rotate`).
+    pub fn with_secrets(mut self, secrets: crate::secrets::Secrets) -> Reloader {
+        self.secrets = Some(secrets);
+        self
     }
 
     /// Also reloads the TLS listener's certificates (when there is one).
@@ -69,6 +77,17 @@ impl Reloader {
                 tracing::info!("SIGHUP: reloading config, keys and certificates");
                 if let Err(e) = self.tokens.reload() {
                     tracing::error!(error = %e, "key reload failed; keeping the old keys");
+                }
+                if let Some(secrets) = &self.secrets {
+                    match secrets.reload() {
+                        Ok(()) => tracing::info!(
+                            sealing_key = %secrets.ring().current_id(),
+                            "secrets key ring reloaded"
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "secrets key ring reload failed; keeping the old ring")
+                        }
+                    }
                 }
             } else if file_changed {
                 tracing::info!(path = %self.path.display(), "config file changed: reloading");

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod daemon;
 pub mod keys;
 pub mod routes;
+pub mod secrets;
 pub mod serve;
 pub mod sessions;
 pub mod user;

@@ -42,6 +42,19 @@ pub struct Config {
     pub browser: Browser,
     /// `/auth/verify` and `/auth/forward-auth` for a proxy in front.
     pub forward_auth: ForwardAuth,
+    /// The data key ring sealing secrets stored in the database.
+    pub secrets: Secrets,
+}
+
+/// `[secrets]`: where the data key ring is (one base64 32-byte key per line; the first seals,
+/// every one opens). Neither set: `<keys_dir>/secrets.key`, generated on first start.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// The key ring file (mode 0600); empty = `<keys_dir>/secrets.key`.
+    pub key_file: String,
+    /// The name of an environment variable holding the ring instead (wins over `key_file`).
+    pub key_env: String,
 }
 
 /// `[browser]`: a sign-in page and cookie sessions, so pages people open in a browser can sit

@@ -4,6 +4,16 @@
 use chrono::{DateTime, Utc};
 
 use super::{Store, StoreError};
+use crate::secrets::KeyRing;
+
+/// The account column is `jsonb`: a sealed value is stored as a JSON string, legacy
+/// plaintext as the credentials object itself.
+fn unwrap_sealed_json(stored: String) -> String {
+    match serde_json::from_str::<String>(&stored) {
+        Ok(inner) if KeyRing::is_sealed(&inner) => inner,
+        _ => stored,
+    }
+}
 
 /// The certificate stored for a set of domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +26,35 @@ pub struct StoredCert {
     pub not_after: DateTime<Utc>,
 }
 
+/// What `secrets rotate` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Values sealed anew under the first key (older keys, or plaintext from before sealing).
+    pub resealed: usize,
+    /// Values already under the first key.
+    pub current: usize,
+}
+
 impl Store {
+    /// Opens a stored secret: sealed ones with the ring; plaintext ones (written before
+    /// secrets were sealed) as they are, until `secrets rotate` seals them.
+    fn open_secret(&self, stored: String, what: &str) -> Result<String, StoreError> {
+        if !KeyRing::is_sealed(&stored) {
+            return Ok(stored);
+        }
+        let plain = self
+            .ring()?
+            .open(&stored)
+            .map_err(|e| StoreError::Secret(format!("{what}: {e}")))?;
+        String::from_utf8(plain).map_err(|_| StoreError::Secret(format!("{what}: not text")))
+    }
+
+    fn seal_secret(&self, plain: &str) -> Result<String, StoreError> {
+        self.ring()?
+            .seal(plain.as_bytes())
+            .map_err(|e| StoreError::Secret(e.to_string()))
+    }
+
     /// The account credentials (JSON) registered at `directory_url`, if any.
     pub async fn acme_account(&self, directory_url: &str) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
@@ -26,7 +64,12 @@ impl Store {
                 &[&directory_url],
             )
             .await?;
-        Ok(row.map(|r| r.try_get(0)).transpose()?)
+        let Some(row) = row else { return Ok(None) };
+        let stored: String = row.try_get(0)?;
+        Ok(Some(self.open_secret(
+            unwrap_sealed_json(stored),
+            "the ACME account key",
+        )?))
     }
 
     /// Records the account credentials; the first writer wins (two instances racing to
@@ -36,12 +79,13 @@ impl Store {
         directory_url: &str,
         credentials: &str,
     ) -> Result<(), StoreError> {
+        let sealed = self.seal_secret(credentials)?;
         let client = self.client().await?;
         client
             .execute(
-                "INSERT INTO acme_accounts (directory_url, credentials) VALUES ($1, $2::text::jsonb)
+                "INSERT INTO acme_accounts (directory_url, credentials) VALUES ($1, to_jsonb($2::text))
                  ON CONFLICT (directory_url) DO NOTHING",
-                &[&directory_url, &credentials],
+                &[&directory_url, &sealed],
             )
             .await?;
         Ok(())
@@ -104,11 +148,83 @@ impl Store {
         row.map(|r| {
             Ok(StoredCert {
                 cert_pem: r.try_get(0)?,
-                key_pem: r.try_get(1)?,
+                key_pem: self.open_secret(r.try_get(1)?, "the ACME certificate key")?,
                 not_after: r.try_get(2)?,
             })
         })
         .transpose()
+    }
+
+    /// What changes when the stored certificate does (its write time) and its expiry: what
+    /// instances poll, so the key itself is read (and opened) only when it changed.
+    pub async fn acme_certificate_marker(
+        &self,
+        domains: &str,
+    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT updated_at, not_after FROM acme_certificates WHERE domains = $1",
+                &[&domains],
+            )
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
+    /// Seals every stored secret under the ring's first key (`portcullis secrets rotate`), in
+    /// one transaction: a value no key opens fails the whole run and nothing is written.
+    pub async fn reseal_secrets(&self) -> Result<Resealed, StoreError> {
+        let ring = self.ring()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let mut done = Resealed::default();
+        let accounts = tx
+            .query(
+                "SELECT directory_url, credentials::text FROM acme_accounts FOR UPDATE",
+                &[],
+            )
+            .await?;
+        for row in accounts {
+            let url: String = row.try_get(0)?;
+            let stored = unwrap_sealed_json(row.try_get(1)?);
+            if ring.is_current(&stored) {
+                done.current += 1;
+                continue;
+            }
+            let plain = self.open_secret(stored, &format!("the ACME account of {url}"))?;
+            let sealed = self.seal_secret(&plain)?;
+            tx.execute(
+                "UPDATE acme_accounts SET credentials = to_jsonb($2::text) WHERE directory_url = $1",
+                &[&url, &sealed],
+            )
+            .await?;
+            done.resealed += 1;
+        }
+        let certs = tx
+            .query(
+                "SELECT domains, key_pem FROM acme_certificates FOR UPDATE",
+                &[],
+            )
+            .await?;
+        for row in certs {
+            let domains: String = row.try_get(0)?;
+            let stored: String = row.try_get(1)?;
+            if ring.is_current(&stored) {
+                done.current += 1;
+                continue;
+            }
+            let plain = self.open_secret(stored, &format!("the certificate key of {domains}"))?;
+            let sealed = self.seal_secret(&plain)?;
+            // updated_at is left alone: the certificate did not change, only its envelope.
+            tx.execute(
+                "UPDATE acme_certificates SET key_pem = $2 WHERE domains = $1",
+                &[&domains, &sealed],
+            )
+            .await?;
+            done.resealed += 1;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Stores (or replaces) the certificate for `domains`.
@@ -117,14 +233,16 @@ impl Store {
         domains: &str,
         cert: &StoredCert,
     ) -> Result<(), StoreError> {
+        let sealed = self.seal_secret(&cert.key_pem)?;
         let client = self.client().await?;
         client
             .execute(
                 "INSERT INTO acme_certificates (domains, cert_pem, key_pem, not_after)
                  VALUES ($1, $2, $3, $4)
                  ON CONFLICT (domains) DO UPDATE SET cert_pem = EXCLUDED.cert_pem,
-                   key_pem = EXCLUDED.key_pem, not_after = EXCLUDED.not_after, updated_at = now()",
-                &[&domains, &cert.cert_pem, &cert.key_pem, &cert.not_after],
+                   key_pem = EXCLUDED.key_pem, not_after = EXCLUDED.not_after,
+                   updated_at = clock_timestamp()",
+                &[&domains, &cert.cert_pem, &sealed, &cert.not_after],
             )
             .await?;
         Ok(())

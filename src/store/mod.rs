@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 
-pub use acme::StoredCert;
+pub use acme::{Resealed, StoredCert};
 pub use audit::AuditQuery;
 pub use listener::{RevocationEvent, listen_for_revocations};
 pub use migrate::{ensure_database, migrate};
@@ -48,6 +48,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Db(String),
+    /// A stored secret could not be sealed or opened (no key ring, or no key opens it).
+    #[error("stored secret: {0}")]
+    Secret(String),
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -83,6 +86,8 @@ pub struct Store {
     url: String,
     /// What this instance does with a revocation it committed itself (shared by clones).
     local_revocations: Arc<OnceLock<LocalRevocations>>,
+    /// The data key ring sealing stored secrets (ACME keys), when loaded.
+    secrets: Arc<OnceLock<crate::secrets::Secrets>>,
 }
 
 /// Applies a revocation this instance just committed to its own caches, awaited before the
@@ -171,7 +176,22 @@ impl Store {
             pool,
             url: url.to_string(),
             local_revocations: Arc::default(),
+            secrets: Arc::default(),
         })
+    }
+
+    /// Gives the store the data key ring for the secrets it keeps; the first call wins.
+    pub fn use_secrets(&self, secrets: crate::secrets::Secrets) {
+        let _ = self.secrets.set(secrets);
+    }
+
+    /// The key ring now (`Secret` error without one: such a value can be neither sealed nor
+    /// opened).
+    fn ring(&self) -> Result<Arc<crate::secrets::KeyRing>, StoreError> {
+        self.secrets
+            .get()
+            .map(|s| s.ring())
+            .ok_or_else(|| StoreError::Secret("no secrets key ring is loaded".into()))
     }
 
     /// Sets what a revocation committed through this store (and its clones) does locally;

@@ -60,6 +60,9 @@ pub struct AcmeManager {
     resolver: Arc<CertResolver>,
     /// The chain currently installed from the database (to skip re-parsing it every check).
     installed: Mutex<Option<String>>,
+    /// The stored certificate's write time when it was last read: the change marker polled
+    /// every check, so the (sealed) key is read and opened only when it changed.
+    seen: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl std::fmt::Debug for AcmeManager {
@@ -109,6 +112,7 @@ impl AcmeManager {
             store,
             resolver,
             installed: Mutex::new(None),
+            seen: Mutex::new(None),
         })
     }
 
@@ -133,18 +137,28 @@ impl AcmeManager {
     /// One round: install what the database holds; order when nothing valid is there or
     /// renewal is due and no other instance is ordering.
     pub async fn check(&self) -> Result<(), AcmeError> {
-        let stored = self.store.acme_certificate(&self.key).await?;
-        if let Some(cert) = &stored {
-            self.install(cert)?;
+        let marker = self.store.acme_certificate_marker(&self.key).await?;
+        if let Some((written, _)) = marker {
+            let seen = *self
+                .seen
+                .lock()
+                .map_err(|_| AcmeError::Certificate("poisoned lock".into()))?;
+            if seen != Some(written) {
+                // Changed (or never read): read it, open its key, check it, serve it.
+                if let Some(cert) = self.store.acme_certificate(&self.key).await? {
+                    self.install(&cert)?;
+                }
+                if let Ok(mut seen) = self.seen.lock() {
+                    *seen = Some(written);
+                }
+            }
         }
         let renew_before = chrono::Duration::days(self.config.renew_before_days as i64);
-        let due = stored
-            .as_ref()
-            .is_none_or(|c| c.not_after - chrono::Utc::now() < renew_before);
+        let due = marker.is_none_or(|(_, not_after)| not_after - chrono::Utc::now() < renew_before);
         if !due || !self.store.take_acme_lease(&self.key, LEASE_SECS).await? {
             return Ok(());
         }
-        tracing::info!(domains = %self.key, renewal = stored.is_some(), "ordering a certificate");
+        tracing::info!(domains = %self.key, renewal = marker.is_some(), "ordering a certificate");
         // The lease is given back only once the certificate is saved (or ordering failed):
         // released earlier, another instance would find no certificate and no lease, and
         // order a second one.
@@ -181,6 +195,24 @@ impl AcmeManager {
             "the ACME certificate",
         )
         .map_err(|(_, p)| AcmeError::Certificate(p.to_string()))?;
+        // What the database holds is served only when it is what was asked for: every
+        // configured name covered, and not expired (the key matching it was checked above).
+        let uncovered: Vec<&String> = self
+            .config
+            .domains
+            .iter()
+            .filter(|d| !super::resolver::covers(&loaded.names, d))
+            .collect();
+        if !uncovered.is_empty() {
+            return Err(AcmeError::Certificate(format!(
+                "the stored certificate does not cover {uncovered:?}; not served"
+            )));
+        }
+        if loaded.not_after <= chrono::Utc::now().timestamp() {
+            return Err(AcmeError::Certificate(
+                "the stored certificate has expired; not served".into(),
+            ));
+        }
         self.resolver.set_acme(loaded);
         *installed = Some(cert.cert_pem.clone());
         Ok(())

@@ -256,6 +256,28 @@ async fn a_certificate_from_a_real_acme_ca_is_shared_by_every_instance_and_renew
         status, 200,
         "HTTPS through the issued certificate reaches the upstream"
     );
+    // The keys in the database are sealed (AES-256-GCM under the data key ring in keys/),
+    // never plaintext.
+    let stored = connect(&db).await;
+    let key_pem: String = stored
+        .query_one("SELECT key_pem FROM acme_certificates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        key_pem.starts_with("pcs1:") && !key_pem.contains("PRIVATE KEY"),
+        "{key_pem}"
+    );
+    let account: String = stored
+        .query_one("SELECT credentials::text FROM acme_accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(account.starts_with("\"pcs1:"), "{account}");
+    assert!(
+        !account.contains("key_pkcs8") && !account.contains("PRIVATE"),
+        "{account}"
+    );
 
     // B picks the same certificate up from the database.
     let shared = eventually(Duration::from_secs(20), || async {
@@ -353,4 +375,102 @@ async fn an_unknown_challenge_token_is_404_from_the_challenge_handler_and_never_
         .await;
     assert_eq!(r.status(), 404);
     assert_eq!(echo.count(), 0);
+}
+
+/// The ring file of a gateway's keys directory.
+fn ring_file(keys: &std::path::Path) -> std::path::PathBuf {
+    keys.join("secrets.key")
+}
+
+#[tokio::test]
+async fn secrets_rotate_reseals_every_stored_secret_and_refuses_one_no_key_opens() {
+    use base64::Engine as _;
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let ring = ring_file(&gw.keys_dir);
+    let first = std::fs::read_to_string(&ring).expect("serve generated the key ring");
+    assert!(
+        gw.log().contains("generated the secrets key ring"),
+        "{}",
+        gw.log()
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&ring).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Plaintext rows, as a version before sealing wrote them.
+    let db = connect(&gw.db_url).await;
+    db.batch_execute(
+        "INSERT INTO acme_accounts (directory_url, credentials) VALUES ('https://ca.test/dir', '{\"id\":\"acct\",\"key_pkcs8\":\"c2VjcmV0\"}');
+         INSERT INTO acme_certificates (domains, cert_pem, key_pem, not_after)
+           VALUES ('gw.test', 'CERT', '-----BEGIN PRIVATE KEY-----\nplain\n-----END PRIVATE KEY-----', now() + interval '30 days');",
+    )
+    .await
+    .unwrap();
+    let rotate = || gw.cli(&["secrets", "rotate"], "");
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed 2 stored secrets"));
+    let sealed = |db: tokio_postgres::Client| async move {
+        let key: String = db
+            .query_one("SELECT key_pem FROM acme_certificates", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let acct: String = db
+            .query_one("SELECT credentials::text FROM acme_accounts", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (key, acct)
+    };
+    let (key1, acct1) = sealed(connect(&gw.db_url).await).await;
+    assert!(
+        key1.starts_with("pcs1:") && !key1.contains("plain"),
+        "{key1}"
+    );
+    assert!(
+        acct1.starts_with("\"pcs1:") && !acct1.contains("c2VjcmV0"),
+        "{acct1}"
+    );
+
+    // A new first key: rotate seals under it; the old key can then go.
+    let new_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    std::fs::write(&ring, format!("{new_key}\n{first}")).unwrap();
+    let out = rotate();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed 2 stored secrets"));
+    let (key2, _) = sealed(connect(&gw.db_url).await).await;
+    assert_ne!(
+        key1.split(':').nth(1),
+        key2.split(':').nth(1),
+        "not under the new key"
+    );
+    std::fs::write(&ring, format!("{new_key}\n")).unwrap();
+    let out = rotate();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed 0 stored secrets under key"));
+
+    // A secret sealed under a key no longer in the ring: an error naming it, nothing written.
+    std::fs::write(
+        &ring,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+        ),
+    )
+    .unwrap();
+    let out = rotate();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no key of the secrets key ring opens"),
+        "{stderr}"
+    );
+    let (key3, _) = sealed(connect(&gw.db_url).await).await;
+    assert_eq!(key3, key2, "a failed rotation wrote something");
 }
