@@ -254,16 +254,7 @@ impl Gateway {
         ctx: &Ctx,
         refresh_token: &str,
     ) -> Result<Option<crate::auth::TokenPair>, ApiError> {
-        let client = crate::auth::ClientInfo {
-            ip: ctx.client_ip,
-            user_agent: session
-                .req_header()
-                .headers
-                .get("user-agent")
-                .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(512).collect()),
-            request_id: Some(ctx.request_id.to_string()),
-        };
+        let client = client_info(session, ctx);
         let metrics = &self.shared.metrics;
         match self.shared.auth.refresh(refresh_token, &client).await {
             Ok(crate::auth::RefreshResult::Ok(pair)) => {
@@ -351,11 +342,7 @@ impl Gateway {
         // The pure decision is `access::decide`, the same function `routes explain` runs.
         let live = shared.live.load();
         let req = session.req_header();
-        let host = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str())); // HTTP/2 `:authority`
+        let host = host_of(req);
         let authorization = bearer(
             req.headers
                 .get_all("authorization")
@@ -392,45 +379,29 @@ impl Gateway {
                 Some(rt) => self.refresh_cookie_session(session, ctx, rt).await,
                 None => Ok(None),
             };
-            match renewed {
+            let pair = match renewed {
                 Ok(Some(pair)) => {
                     ctx.set_cookies = browser::session_cookies(names, &pair).to_vec();
                     ctx.cookie_auth = true;
-                    let req = session.req_header();
-                    let request = access::Request {
-                        method: &req.method,
-                        path: req.uri.path(),
-                        host: req
-                            .headers
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .or_else(|| req.uri.authority().map(|a| a.as_str())),
-                        bearer: Ok(Some(&pair.access_token)),
-                    };
-                    decision =
-                        access::decide(&live.routes, live.path_policy, request, &shared.authorizer)
-                            .await;
+                    Some(pair)
                 }
                 Ok(None) => {
                     ctx.set_cookies = browser::cleared_cookies(names).to_vec();
                     ctx.cookie_auth = false;
-                    let req = session.req_header();
-                    let request = access::Request {
-                        method: &req.method,
-                        path: req.uri.path(),
-                        host: req
-                            .headers
-                            .get(http::header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .or_else(|| req.uri.authority().map(|a| a.as_str())),
-                        bearer: Ok(None),
-                    };
-                    decision =
-                        access::decide(&live.routes, live.path_policy, request, &shared.authorizer)
-                            .await;
+                    None
                 }
                 Err(err) => return Decision::Reject(err),
-            }
+            };
+            // Decided again: as the renewed session, or as a request without a credential.
+            let req = session.req_header();
+            let request = access::Request {
+                method: &req.method,
+                path: req.uri.path(),
+                host: host_of(req),
+                bearer: Ok(pair.as_ref().map(|p| p.access_token.as_str())),
+            };
+            decision =
+                access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await;
         }
         let (path, route) = match decision {
             access::Decision::BadPath(e) => return Decision::Reject(e.into()),
@@ -871,6 +842,28 @@ impl ProxyHttp for Gateway {
             user_id: ctx.identity.as_ref().map(|c| c.sub).or(ctx.user_id),
             deny_reason: ctx.deny_reason,
         });
+    }
+}
+
+/// The `Host` header, or HTTP/2's `:authority`.
+fn host_of(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Who is asking, for the audit trail and the rate limits of /auth use-cases.
+pub(crate) fn client_info(session: &Session, ctx: &Ctx) -> crate::auth::ClientInfo {
+    crate::auth::ClientInfo {
+        ip: ctx.client_ip,
+        user_agent: session
+            .req_header()
+            .headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect()),
+        request_id: Some(ctx.request_id.to_string()),
     }
 }
 

@@ -180,16 +180,7 @@ async fn run(
         Body::Json => read_body(session, shared, "application/json").await?,
         Body::Form => read_body(session, shared, "application/x-www-form-urlencoded").await?,
     };
-    let client = ClientInfo {
-        ip: ctx.client_ip,
-        user_agent: session
-            .req_header()
-            .headers
-            .get("user-agent")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(512).collect()),
-        request_id: Some(ctx.request_id.to_string()),
-    };
+    let client = super::client_info(session, ctx);
     (endpoint.handler)(Call {
         shared,
         session,
