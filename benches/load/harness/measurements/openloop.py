@@ -11,6 +11,7 @@ Renders added-latency.svg.
 import math
 
 from ..generators import Oha
+from ..peers import gateway
 from ..procs import log
 from ..report import COLORS, esc, fmt, svg_head
 
@@ -50,7 +51,8 @@ def run(ctx):
     for k, frac in enumerate(fractions):
         rate = max(1, round(base["rps"] * frac))
         row = {"fraction": frac, "rate": rate, "targets": {}}
-        order = ctx.targets[k % len(ctx.targets) :] + ctx.targets[: k % len(ctx.targets)]
+        paced = [t for t in ctx.targets if t["name"] not in gateway.BROWSER_TARGETS]
+        order = paced[k % len(paced) :] + paced[: k % len(paced)]
         for t in order:
             r = oha.run(t["url"], rate, args.open_loop_connections, duration, t["headers"])
             row["targets"][t["name"]] = r

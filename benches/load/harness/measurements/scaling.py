@@ -39,7 +39,7 @@ def run(ctx):
     try:
         if not gw.wait_ready(60):
             raise RuntimeError(f"gateway with {n} threads did not start: {tail(gw.proc.bench_log, 3)}")
-        tl = gateway.targets(gw, ctx.auth_header)
+        tl = gateway.targets(gw, ctx.auth_header, browser=False)
         for t in tl:
             t["label"] = t["label"].replace("portcullis,", f"portcullis ({n} threads),")
         if nginx.binary() and not args.no_peers:

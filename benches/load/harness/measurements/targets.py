@@ -108,6 +108,8 @@ def headline(res):
         "protected_vs_direct": ratio(p, t.get("direct", {}).get("rps")),
         "protected_p99_ms": t.get("protected", {}).get("p99_ms"),
         "nginx_p99_ms": t.get("nginx", {}).get("p99_ms"),
+        "cookie_vs_bearer": ratio(t.get("protected-cookie", {}).get("rps"), p),
+        "forward_auth_rps": t.get("forward-auth", {}).get("rps"),
     }
     h["protected_p99_vs_nginx_p99"] = ratio(h["protected_p99_ms"], h["nginx_p99_ms"])
     return h
@@ -120,6 +122,7 @@ def verdicts(h):
         ("protected ≥ 2× HAProxy jwt_verify ES256 (req/s)", h.get("protected_vs_haproxy"), lambda v: v >= 2.0, "{:.2f}×"),
         ("protected ≥ 2× Envoy jwt_authn ES256 (req/s)", h.get("protected_vs_envoy"), lambda v: v >= 2.0, "{:.2f}×"),
         ("protected p99 ≤ nginx proxy_pass p99", h.get("protected_p99_vs_nginx_p99"), lambda v: v <= 1.0, "{:.2f}×"),
+        ("access cookie ≥ 0.95× bearer header (req/s)", h.get("cookie_vs_bearer"), lambda v: v >= 0.95, "{:.2f}×"),
     ]
 
 

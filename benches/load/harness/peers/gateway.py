@@ -38,8 +38,12 @@ access_ttl_secs = 7200
 
 
 def minimal_body(upstream_port):
-    """Rate limits off, one upstream, the protected and the public route."""
-    return f"""[rate_limit]
+    """Rate limits off, one upstream, the protected and the public route; browser sessions
+    on, so the access cookie can be measured beside the bearer header."""
+    return f"""[browser]
+enabled = true
+
+[rate_limit]
 login_per_minute_per_ip = 0
 login_per_minute_per_account = 0
 register_per_minute_per_ip = 0
@@ -88,9 +92,16 @@ class Gateway:
         return wait_http(self.admin_port, "/readyz", seconds, self.proc)
 
 
-def targets(gw, auth_header):
-    """The gateway's two closed-loop targets."""
-    return [
+# Targets measured only in the closed-loop table (not in the open-loop and scaling rounds).
+BROWSER_TARGETS = ("protected-cookie", "forward-auth")
+
+
+def targets(gw, auth_header, browser=True):
+    """The gateway's closed-loop targets: the public route, the protected route with a bearer
+    token and (`browser`) with the same token in the browser's access cookie, and the
+    forward-auth decision (`/auth/verify`, what nginx asks before each request it proxies)."""
+    token = auth_header[0].split("Bearer ", 1)[1]
+    all_targets = [
         {"name": "public", "label": "portcullis, public route", "url": f"http://127.0.0.1:{gw.port}{PUBLIC_PATH}", "headers": [], "pid": gw.pid},
         {
             "name": "protected",
@@ -99,7 +110,22 @@ def targets(gw, auth_header):
             "headers": auth_header,
             "pid": gw.pid,
         },
+        {
+            "name": "protected-cookie",
+            "label": "portcullis, protected route, access cookie (ES256)",
+            "url": f"http://127.0.0.1:{gw.port}{API_PATH}",
+            "headers": [f"Cookie: theme=dark; __Host-portcullis-at={token}"],
+            "pid": gw.pid,
+        },
+        {
+            "name": "forward-auth",
+            "label": "portcullis, forward-auth decision (/auth/verify)",
+            "url": f"http://127.0.0.1:{gw.port}/auth/verify",
+            "headers": auth_header + ["X-Forwarded-Method: GET", f"X-Forwarded-Uri: {API_PATH}"],
+            "pid": gw.pid,
+        },
     ]
+    return [t for t in all_targets if browser or t["name"] not in BROWSER_TARGETS]
 
 
 def wrong_role_token(gw, db_url, email):
