@@ -76,6 +76,14 @@ impl Config {
                 self.server.admin_listen
             ));
         }
+        let local = self.server.listen.ip().is_loopback();
+        if self.browser.enabled && self.server.tls.is_none() && !local {
+            w.push(format!(
+                "[browser] is on but server.listen {} serves plain http off loopback: browsers \
+                 keep the Secure session cookies only over https (add [server.tls])",
+                self.server.listen
+            ));
+        }
         if self.revocation.on_db_error == OnDbError::Allow {
             w.push(
                 "revocation.on_db_error = \"allow\": tokens are accepted when their status \

@@ -26,11 +26,13 @@ pub fn session_cookies(names: &CookieNames, pair: &TokenPair) -> [String; 2] {
     ]
 }
 
-/// `Set-Cookie` values removing both cookies.
+/// `Set-Cookie` values removing both cookies (`Max-Age=0`, and a past `Expires` for clients
+/// that only honour that).
 pub fn cleared_cookies(names: &CookieNames) -> [String; 2] {
+    const GONE: &str = "Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT";
     [
-        format!("{}=; {ATTRIBUTES}; Max-Age=0", names.access),
-        format!("{}=; {ATTRIBUTES}; Max-Age=0", names.refresh),
+        format!("{}=; {ATTRIBUTES}; {GONE}", names.access),
+        format!("{}=; {ATTRIBUTES}; {GONE}", names.refresh),
     ]
 }
 
@@ -49,7 +51,8 @@ mod tests {
         let [at, rt] = cleared_cookies(&names);
         assert_eq!(
             at,
-            "__Host-portcullis-at=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0"
+            "__Host-portcullis-at=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0; \
+             Expires=Thu, 01 Jan 1970 00:00:00 GMT"
         );
         assert!(rt.starts_with("__Host-portcullis-rt=;"));
         assert!(!at.to_ascii_lowercase().contains("domain="));
