@@ -549,3 +549,37 @@ impl Peek for Watched {
         self.inner.try_peek(buf).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client's opening: the preface, then a SETTINGS frame with `payload` bytes.
+    fn opening(payload: usize) -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let len = (payload as u32).to_be_bytes();
+        bytes.extend_from_slice(&[len[1], len[2], len[3], 0x04, 0, 0, 0, 0, 0]);
+        bytes.extend(std::iter::repeat_n(0u8, payload));
+        bytes
+    }
+
+    #[test]
+    fn the_h2_opening_is_complete_after_the_preface_and_the_whole_first_frame() {
+        for payload in [0, 6, 18, 300] {
+            let bytes = opening(payload);
+            // All at once, and one byte at a time: complete exactly at the last byte.
+            let mut whole = H2Opening::default();
+            assert!(whole.feed(&bytes), "{payload}");
+            let mut trickled = H2Opening::default();
+            for (i, b) in bytes.iter().enumerate() {
+                let done = trickled.feed(&[*b]);
+                assert_eq!(done, i == bytes.len() - 1, "payload {payload}, byte {i}");
+            }
+        }
+        // The preface alone, or with half a frame header, is not an opening yet.
+        let mut part = H2Opening::default();
+        assert!(!part.feed(&opening(6)[..24]));
+        assert!(!part.feed(&opening(6)[24..28]));
+        assert!(part.feed(&opening(6)[28..]));
+    }
+}
