@@ -1,4 +1,4 @@
-//! The `portcullis` binary: CLI wiring only (API.md §1, §8); the verbs live in `cli/`.
+//! The `portcullis` binary: CLI wiring only (the README's "Command line"); the verbs live in `cli/`.
 
 #![cfg_attr(
     not(test),
@@ -88,7 +88,7 @@ enum Command {
     },
 }
 
-/// Whether the arguments name a verb of API.md §8 (`routes`, `sessions`, `audit`, `user`
+/// Whether the arguments name a verb of the README's "Command line" (`routes`, `sessions`, `audit`, `user`
 /// other than `create`), whose usage errors exit 1; the v1 verbs keep clap's exit code 2.
 fn v2_operator_verb(args: impl Iterator<Item = String>) -> bool {
     let mut words = Vec::new();
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if v2_operator_verb(std::env::args().skip(1)) && e.use_stderr() => {
-            // API.md §8: the operator verbs exit 1 on bad usage, like on a bad config.
+            // the README's "Command line": the operator verbs exit 1 on bad usage, like on a bad config.
             let _ = e.print();
             return ExitCode::FAILURE;
         }

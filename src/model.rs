@@ -76,7 +76,7 @@ pub struct SessionInfo {
     pub ip: Option<String>,
 }
 
-/// What an audit event records (API.md §8). The names are stable: they are stored, logged
+/// What an audit event records (the README's "Logs and audit"). The names are stable: they are stored, logged
 /// and accepted by the `event` filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,4 +1,4 @@
-//! Path normalization (API.md §4.4): the route is matched on, and the upstream receives, the
+//! Path normalization (docs/api.md, "Path normalization"): the route is matched on, and the upstream receives, the
 //! same normalized path, so `/public/../api/admin` can never slip past an admin rule.
 //!
 //! The gateway is at least as strict as the backends behind it read paths (Spring's

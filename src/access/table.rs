@@ -152,7 +152,7 @@ fn stricter(strict: &RouteEntry, loose: &RouteEntry) -> Option<String> {
 
 /// Problems with the table, one sentence each: routes that can never match, routes whose host
 /// and method rules overlap (which one wins is decided by the match order), and `strip_prefix`
-/// routes that reach another route's upstream paths under looser rules (API.md §4.4 v2).
+/// routes that reach another route's upstream paths under looser rules (docs/api.md, "Path normalization").
 pub fn warnings(routes: &Routes) -> Vec<String> {
     let entries: Vec<&Arc<RouteEntry>> = routes.iter().collect();
     let mut out = Vec::new();

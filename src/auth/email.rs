@@ -1,4 +1,4 @@
-//! Email rules of API.md §3: stored as given (trimmed), unique on NFKC + lowercase.
+//! Email rules of docs/api.md, "Objects": stored as given (trimmed), unique on NFKC + lowercase.
 
 use unicode_normalization::UnicodeNormalization;
 

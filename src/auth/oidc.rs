@@ -1,4 +1,4 @@
-//! Login through external OpenID Connect providers (API.md §6): authorization code flow with
+//! Login through external OpenID Connect providers (docs/api.md, "OIDC login"): authorization code flow with
 //! PKCE S256, `state` and `nonce`; ID tokens verified by the `openidconnect` crate against the
 //! provider's JWKS. States and one-time login codes live in PostgreSQL, hashed.
 

@@ -35,7 +35,7 @@ pub struct ClientInfo {
     pub request_id: Option<String>,
 }
 
-/// The body of a successful login or refresh (API.md `TokenPair`).
+/// The body of a successful login or refresh (docs/api.md, "Objects": `TokenPair`).
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenPair {
     /// Signed JWT.
@@ -384,7 +384,7 @@ impl AuthService {
         })
     }
 
-    /// Rotates a refresh token (API.md §4.3); reuse detection stays visible for metrics.
+    /// Rotates a refresh token (docs/api.md, "Refresh tokens and rotation"); reuse detection stays visible for metrics.
     pub async fn refresh(
         &self,
         refresh_token: &str,

@@ -1,4 +1,4 @@
-//! The file format. Every key has the default documented in API.md §2; unknown keys are
+//! The file format. Every key has the default documented in the README's configuration reference; unknown keys are
 //! errors so a typo never silently falls back to a default.
 
 use std::net::SocketAddr;

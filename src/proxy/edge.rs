@@ -1,4 +1,4 @@
-//! What depends on the listener a request came in on (API.md §7): the TLS listener's Pingora
+//! What depends on the listener a request came in on (docs/api.md, "TLS and HTTP/2"): the TLS listener's Pingora
 //! settings and its look at the first bytes (plain HTTP refused readably, the TLS 1.3
 //! minimum), `Strict-Transport-Security` on every TLS response, and the 308 that sends plain
 //! HTTP to https when `redirect_http` is on. The decisions themselves are in `tls/`.

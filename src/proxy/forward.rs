@@ -313,7 +313,7 @@ impl FramingCounts {
     }
 }
 
-/// HTTP framing rules of API.md §4.2 item 8. `raw_head` is the header block as received
+/// HTTP framing rules of docs/api.md, "HTTP framing". `raw_head` is the header block as received
 /// (HTTP/1): Pingora drops `Content-Length` when `Transfer-Encoding` is also present before any
 /// filter runs, so only the raw bytes still show that the request was ambiguous.
 pub fn check_framing(

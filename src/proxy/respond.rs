@@ -1,5 +1,5 @@
 //! The one place where rejections become HTTP responses: every error body is
-//! `{"error": code, "message": sentence}` with the status and headers of API.md §4.
+//! `{"error": code, "message": sentence}` with the status and headers of docs/api.md, "Errors".
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;

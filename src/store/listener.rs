@@ -50,7 +50,7 @@ impl RevocationEvent {
 /// more than the 1 s within which a revocation must reach every instance.
 ///
 /// Losing the connection does not clear the cache: while the database is unreachable, cached
-/// statuses (at most `cache_ttl_secs` old) are what keeps signed-in users served (API.md §4.2
+/// statuses (at most `cache_ttl_secs` old) are what keeps signed-in users served (docs/api.md, "Authentication and authorization"
 /// item 7). What was missed meanwhile is dropped as soon as LISTEN is back.
 pub async fn listen_for_revocations<F>(url: String, on_event: F)
 where

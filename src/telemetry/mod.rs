@@ -1,4 +1,4 @@
-//! Logging setup, the access log and the Prometheus metrics of API.md §5.
+//! Logging setup, the access log and the Prometheus metrics of docs/api.md, "Admin listener".
 
 pub mod access;
 

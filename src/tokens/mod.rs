@@ -18,7 +18,7 @@ pub use keys::{KeyError, KeySet, generate_key};
 use crate::config::{Algorithm, Tokens};
 use crate::model::{Role, User};
 
-/// The claims of an access token (API.md §4.1).
+/// The claims of an access token (docs/api.md, "Access token").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer.

@@ -1,4 +1,4 @@
-//! Automatic certificates (API.md §7) against a real ACME CA: Debian's `pebble`, with
+//! Automatic certificates (docs/api.md, "TLS and HTTP/2") against a real ACME CA: Debian's `pebble`, with
 //! `pebble-challtestsrv` as its DNS so every name resolves to 127.0.0.1. The CA validates the
 //! HTTP-01 challenge by fetching it from a gateway's plain listener; the certificate and the
 //! challenge answers go through PostgreSQL, so an instance that never talked to the CA answers

@@ -1,4 +1,4 @@
-//! The /auth API of API.md §4, §4.1 and §4.3 against the real binary: every endpoint with its
+//! The /auth API of docs/api.md ("/auth endpoints", "Tokens") against the real binary: every endpoint with its
 //! success and each listed error (status, `error` code, required headers), refresh rotation and
 //! theft detection, revocation reaching access tokens, admin actions, rate limits and metrics.
 
@@ -154,7 +154,7 @@ fn assert_user_shape(user: &Value) {
     chrono::DateTime::parse_from_rfc3339(s(&user["created_at"])).expect("created_at is RFC 3339");
 }
 
-/// Asserts the `TokenPair` shape of API.md §4.
+/// Asserts the `TokenPair` shape of docs/api.md, "Objects".
 fn assert_token_pair(pair: &Value) {
     let keys: HashSet<&str> = pair
         .as_object()
@@ -221,7 +221,7 @@ fn assert_invalid_bearer(reply: &Reply) {
 }
 
 /// The access token stops working on /auth/me and on a proxied route (within the 1 s that
-/// API.md §4.2 allows for the revocation to propagate), and nothing reaches the upstream.
+/// docs/api.md, "Authentication and authorization" allows for the revocation to propagate), and nothing reaches the upstream.
 async fn assert_token_dead(gw: &Gateway, echo: &Echo, token: &str) {
     let died = eventually(Duration::from_secs(3), || async {
         get(gw, "/auth/me", Some(token)).await.status == 401

@@ -1,4 +1,4 @@
-//! Browsers (API.md §9): the sign-in page, the two session cookies on the proxy path, the
+//! Browsers (docs/api.md, "Browser pages"): the sign-in page, the two session cookies on the proxy path, the
 //! redirect of navigations (never of API calls), the renewal of an expired access cookie on
 //! the request itself with theft detection, cross-site write refusal, sign-out, and the
 //! gateway's cookies never reaching the upstream. Against the real binary and echo upstream.

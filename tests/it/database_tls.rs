@@ -1,4 +1,4 @@
-//! The database underneath (API.md §13): TLS to a PostgreSQL that accepts only TLS, with
+//! The database underneath (docs/operations.md, "A managed PostgreSQL over TLS"): TLS to a PostgreSQL that accepts only TLS, with
 //! every `sslmode`, for the pool, the LISTEN connection and migrations alike; and a
 //! multi-host URL whose first host is down, which lands on the one that answers.
 

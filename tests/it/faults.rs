@@ -97,7 +97,7 @@ struct Answer {
 }
 
 impl Answer {
-    /// A 503 the way API.md §4.2 item 7 says: `unavailable` with `Retry-After`.
+    /// A 503 the way docs/api.md, "Authentication and authorization" says: `unavailable` with `Retry-After`.
     fn is_unavailable(&self) -> bool {
         self.status == 503 && self.retry_after && self.body["error"] == "unavailable"
     }

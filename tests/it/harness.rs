@@ -797,7 +797,7 @@ impl Signer {
     }
 }
 
-/// The header fields through which a token can offer its own verification key (API.md §4.1:
+/// The header fields through which a token can offer its own verification key (docs/api.md, "Access token":
 /// `jwk`, `jku`, `x5u`, and `x5c`), as `(what, field, value)`. The `jwk` offered is the first
 /// key of `jwks` (the gateway's own public key), so what gets a token refused can only be that
 /// it offers a key, never which key.

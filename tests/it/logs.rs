@@ -1,4 +1,4 @@
-//! Logs and audit (API.md §8): the JSON access line, sampling, colour, disconnects below
+//! Logs and audit (the README's "Logs and audit", docs/operations.md "Logging"): the JSON access line, sampling, colour, disconnects below
 //! ERROR, the audit trail (table, log, admin endpoint, `audit tail`) and no secret anywhere.
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! Operators (API.md §8): `routes list | explain` against the real proxy, the admin
+//! Operators (the README's "Command line"): `routes list | explain` against the real proxy, the admin
 //! listener's `/routes` endpoints, and the user and session verbs of the CLI.
 
 use std::time::Duration;

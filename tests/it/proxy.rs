@@ -1,4 +1,4 @@
-//! The proxy path (API.md §2, §4.2, §4.4, §5): default deny, bearer checks, identity headers,
+//! The proxy path (docs/api.md, "The proxy path"): default deny, bearer checks, identity headers,
 //! path normalization, framing, revocation across instances, database outages, upstream
 //! failures, live reload, metrics and health checks. Every rejection also checks that the
 //! upstream never saw the request.

@@ -1,4 +1,4 @@
-//! TLS termination (API.md §7): certificates chosen by SNI, HTTP/2 by ALPN under the same
+//! TLS termination (docs/api.md, "TLS and HTTP/2"): certificates chosen by SNI, HTTP/2 by ALPN under the same
 //! rules as HTTP/1.1, a TLS 1.3 minimum, the https redirect, HSTS, certificate checks in
 //! `check-config`, and certificate reload without closing open connections. Certificates are
 //! made per test with rcgen: a test CA and leaf certificates it signs.

@@ -1,4 +1,4 @@
-//! WebSocket passthrough (API.md §7): the handshake is authorized like any request, identity
+//! WebSocket passthrough (docs/api.md, "WebSocket"): the handshake is authorized like any request, identity
 //! headers are added and spoofed ones stripped, frames flow both ways, refused upgrades never
 //! reach the upstream, idle tunnels close, and a revoked session loses its open tunnels on
 //! every instance within a second. The same holds for wss through the TLS listener.

@@ -1,7 +1,7 @@
 //! Adapts HTTP to the `/auth` use-cases. The endpoints are a table (`table.rs`: method, path
 //! pattern, access, body, handler); this runner matches a request against it, answers 404 and
 //! 405, authenticates the caller, reads and checks the body, then calls the endpoint's handler
-//! (`handlers.rs`) with a [`Call`] and turns its error, if any, into the response of API.md §4.
+//! (`handlers.rs`) with a [`Call`] and turns its error, if any, into the response of docs/api.md, "Errors".
 
 mod handlers;
 pub mod table;
