@@ -52,6 +52,43 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     }
 }
 
+/// What a request presents: the bearer token of its `Authorization` header, or — only when it
+/// sends none and browser sessions are on — its access cookie. One reading for the proxy path
+/// and forward-auth.
+#[derive(Debug)]
+pub struct Credential<'h> {
+    /// The token (or why the `Authorization` headers are unusable).
+    pub bearer: Result<Option<&'h str>, super::Denial>,
+    /// The token is the access cookie's.
+    pub from_cookie: bool,
+    /// The gateway's cookies count for this request (browser sessions on, no `Authorization`).
+    pub cookies_apply: bool,
+}
+
+/// Reads the credential of `headers`; `cookies` is `Some` when browser sessions are on.
+pub fn credential<'h>(headers: &'h HeaderMap, cookies: Option<&CookieNames>) -> Credential<'h> {
+    let authorization = super::bearer(
+        headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
+    // An Authorization header always wins over the cookie.
+    let names = cookies.filter(|_| matches!(authorization, Ok(None)));
+    match names.and_then(|n| cookie(headers, &n.access)) {
+        Some(token) => Credential {
+            bearer: Ok(Some(token)),
+            from_cookie: true,
+            cookies_apply: true,
+        },
+        None => Credential {
+            bearer: authorization,
+            from_cookie: false,
+            cookies_apply: names.is_some(),
+        },
+    }
+}
+
 /// Longest cookie value read (browsers keep at most 4 KiB per cookie).
 pub const MAX_COOKIE_BYTES: usize = 4096;
 

@@ -13,7 +13,7 @@ use pingora::proxy::Session;
 use super::respond::{self, ApiError};
 use super::{Ctx, Shared, browser};
 use crate::access::browser as cookies_of;
-use crate::access::{self, Denial, bearer};
+use crate::access::{self, Denial};
 
 /// The endpoints' path prefix (Envoy appends the original path).
 pub const VERIFY: &str = "/auth/verify";
@@ -77,23 +77,12 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path:
         return respond::error(session, &err, &ctx.request_id).await;
     };
     let original_path = uri.split(['?', '#']).next().unwrap_or_default().to_owned();
-    let authorization = bearer(
-        req.headers
-            .get_all("authorization")
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
-    let cookie = live
-        .cookies
-        .as_ref()
-        .filter(|_| matches!(authorization, Ok(None)))
-        .and_then(|n| cookies_of::cookie(&req.headers, &n.access));
     let navigation = cookies_of::is_navigation(&method, &req.headers);
     let request = access::Request {
         method: &method,
         path: &original_path,
         host: host.as_deref(),
-        bearer: cookie.map_or(authorization, |t| Ok(Some(t))),
+        bearer: cookies_of::credential(&req.headers, live.cookies.as_ref()).bearer,
     };
     let decision =
         access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await;

@@ -27,9 +27,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access::browser::{self as cookies_of, CookieNames};
-use crate::access::{
-    self, Authorizer, Denial, PathPolicy, RouteEntry, Routes, TunnelGuard, bearer,
-};
+use crate::access::{self, Authorizer, Denial, PathPolicy, RouteEntry, Routes, TunnelGuard};
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::store::Store;
@@ -343,28 +341,19 @@ impl Gateway {
         let live = shared.live.load();
         let req = session.req_header();
         let host = host_of(req);
-        let authorization = bearer(
-            req.headers
-                .get_all("authorization")
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
+        let credential = cookies_of::credential(&req.headers, live.cookies.as_ref());
         // A browser's cookies count only when no Authorization header is there (it wins).
-        let browser = live
-            .cookies
-            .as_ref()
-            .filter(|_| matches!(authorization, Ok(None)));
+        let browser = live.cookies.as_ref().filter(|_| credential.cookies_apply);
         let browser_request = browser.is_some();
-        let access_cookie = browser.and_then(|n| cookies_of::cookie(&req.headers, &n.access));
         let refresh_cookie = browser
             .and_then(|n| cookies_of::cookie(&req.headers, &n.refresh))
             .map(str::to_owned);
-        ctx.cookie_auth = access_cookie.is_some();
+        ctx.cookie_auth = credential.from_cookie;
         let request = access::Request {
             method: &req.method,
             path: req.uri.path(),
             host,
-            bearer: access_cookie.map_or(authorization, |t| Ok(Some(t))),
+            bearer: credential.bearer,
         };
         let mut decision =
             access::decide(&live.routes, live.path_policy, request, &shared.authorizer).await;
