@@ -122,6 +122,8 @@ pub fn build_server(
         Duration::from_millis(config.database.acquire_timeout_ms),
         Duration::from_millis(config.database.statement_timeout_ms),
     )?;
+    // One gateway per SQLite file (several need PostgreSQL); a no-op on PostgreSQL.
+    store.claim_instance(mode.upgrade)?;
     // The data key ring (generated on the first start): stored secrets are sealed with it.
     let secrets = secrets::Secrets::load(secrets::source(&config), true)?;
     store.use_secrets(secrets.clone());
@@ -217,14 +219,19 @@ pub fn build_server(
         }));
     }
 
-    let url = store.url().to_string();
     let listener_shared = shared.clone();
+    let watched = store.clone();
     server.add_service(proxy::services::task("revocation listener", move || {
         let shared = listener_shared.clone();
-        store::listen_for_revocations(url.clone(), move |event| {
-            let shared = shared.clone();
-            tokio::spawn(async move { shared.authorizer.apply_revocation(event).await });
-        })
+        let store = watched.clone();
+        async move {
+            store
+                .watch_revocations(move |event| {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { shared.authorizer.apply_revocation(event).await });
+                })
+                .await
+        }
     }));
     let health_shared = shared.clone();
     server.add_service(proxy::services::task("health checks", move || {

@@ -86,6 +86,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::audit::AuditCommand,
     },
+    /// Move the data between stores (SQLite to PostgreSQL and back).
+    Db {
+        #[command(subcommand)]
+        command: cli::db::DbCommand,
+    },
 }
 
 /// Whether the arguments name a verb of the README's "Command line" (`routes`, `sessions`, `audit`, `user`
@@ -163,6 +168,15 @@ fn main() -> ExitCode {
     let _log = portcullis::telemetry::init_logging(&config.log);
     let serving = matches!(cli.command, Command::Serve { .. });
     let json_log = config.log.format == portcullis::config::LogFormat::Json;
+    // A verb's store closes its pooled SQLite connections on a runtime, whenever it is dropped.
+    let _runtime = match (serving, cli::enter_runtime()) {
+        (true, _) => None,
+        (false, Ok(guard)) => Some(guard),
+        (false, Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::CheckConfig => cli::serve::check_config(&config, &cli.config),
         Command::Migrate => cli::serve::migrate(&config, true),
@@ -175,6 +189,7 @@ fn main() -> ExitCode {
         Command::Keys { command } => cli::keys::run(&config, command),
         Command::Secrets { command } => cli::secrets::run(&config, command),
         Command::Audit { command } => cli::audit::run(&config, command),
+        Command::Db { command } => cli::db::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

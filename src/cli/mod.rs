@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod daemon;
+pub mod db;
 pub mod keys;
 pub mod routes;
 pub mod secrets;
@@ -16,12 +17,25 @@ use portcullis::auth::AuthError;
 use portcullis::config::Config;
 use portcullis::store::Store;
 
-/// A small runtime for one verb (the server builds its own under Pingora).
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+/// The small runtime the verbs run on (the server builds its own under Pingora): one for the
+/// process, never dropped, so a store a verb drops after its last call still finds the runtime
+/// its pooled connections close on (see [`enter_runtime`]).
+pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start a runtime")
+        .context("cannot start a runtime")?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Makes the verbs' runtime current for the rest of `main` (not for `serve`: Pingora starts
+/// runtimes of its own on this thread).
+pub fn enter_runtime() -> anyhow::Result<tokio::runtime::EnterGuard<'static>> {
+    Ok(runtime()?.enter())
 }
 
 /// A store for one verb: two connections are plenty.

@@ -310,7 +310,7 @@ pub struct Database {
 impl Default for Database {
     fn default() -> Self {
         Database {
-            url: "postgres://postgres@127.0.0.1:5432/portcullis".to_string(),
+            url: "sqlite://data/portcullis.db".to_string(),
             pool_size: 16,
             acquire_timeout_ms: 5000,
             statement_timeout_ms: 10_000,

@@ -47,6 +47,20 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+/// A relative `sqlite://PATH` is relative to the config file's directory (so the gateway
+/// finds the same file whatever directory it is started from); it becomes absolute.
+fn resolve_sqlite(url: &str, config_path: &Path) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(p) if !p.is_empty() && !Path::new(p).is_absolute() => {
+            let dir = config_path.parent().unwrap_or(Path::new(""));
+            let joined = dir.join(p);
+            let abs = std::path::absolute(&joined).unwrap_or(joined);
+            format!("sqlite://{}", abs.display())
+        }
+        _ => url.to_string(),
+    }
+}
+
 impl Config {
     /// Reads, parses and validates the file at `path`; `DATABASE_URL` (when set) overrides
     /// `database.url` so the same file works on every machine.
@@ -61,6 +75,7 @@ impl Config {
         {
             config.database.url = url;
         }
+        config.database.url = resolve_sqlite(&config.database.url, path);
         Ok(config)
     }
 

@@ -168,9 +168,9 @@ fn a_bad_trusted_proxy_cidr_is_an_error() {
 }
 
 #[test]
-fn a_non_postgres_database_url_is_an_error() {
+fn a_database_url_of_another_kind_is_an_error() {
     let p = problems(&shipped_with(
-        "url = \"postgres://postgres@127.0.0.1:5432/portcullis\"",
+        "url = \"sqlite://data/portcullis.db\"",
         "url = \"mysql://x\"",
     ));
     assert_eq!(p[0].key, "database.url");

@@ -187,10 +187,18 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
     validate_browser(&mut r, &config.browser);
 
     let db = &config.database;
-    if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://")) {
+    let sqlite_path = db.url.strip_prefix("sqlite://");
+    if sqlite_path.is_some_and(|p| p.is_empty() || p.contains('?')) {
         r.add(
             &[Seg::Key("database"), Seg::Key("url")],
-            "must be a postgres:// or postgresql:// URL",
+            "sqlite:// needs a file path and takes no options (sqlite://data/portcullis.db)",
+        );
+    } else if sqlite_path.is_none()
+        && !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://"))
+    {
+        r.add(
+            &[Seg::Key("database"), Seg::Key("url")],
+            "must be a sqlite://PATH, postgres:// or postgresql:// URL",
         );
     }
     r.at_least("database", "pool_size", db.pool_size as u64, 1);

@@ -312,12 +312,11 @@ async fn setup_with(configure: impl FnOnce(&mut Options)) -> (Echo, Gateway) {
 }
 
 async fn user_count(gw: &Gateway) -> i64 {
-    connect(&gw.db_url)
+    Db::open(&gw.db_url)
         .await
-        .query_one("SELECT count(*) FROM users", &[])
+        .one("SELECT count(*) FROM users", &[])
         .await
-        .unwrap()
-        .get(0)
+        .int()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -340,16 +339,17 @@ async fn register_returns_201_with_the_public_user_and_never_a_hash() {
     assert_eq!(user["is_active"], true);
     assert_no_secrets(&reply.text, &[PASSWORD]);
 
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let row = db
-        .query_one(
+        .rows(
             "SELECT id, hashed_password FROM users WHERE email_canonical = 'alice@example.com'",
             &[],
         )
         .await
-        .unwrap();
-    assert_eq!(row.get::<_, Uuid>(0).to_string(), s(&user["id"]));
-    let hash: String = row.get(1);
+        .remove(0);
+    let id = Uuid::from_slice(&row[0].bytes()).unwrap();
+    assert_eq!(id.to_string(), s(&user["id"]));
+    let hash = row[1].text();
     assert!(hash.starts_with("$argon2id$"), "{hash}");
 }
 
@@ -676,15 +676,16 @@ async fn login_returns_an_exact_token_pair_that_is_not_cached() {
     );
     assert_no_secrets(&reply.text, &[PASSWORD]);
     // The refresh token is stored only as its SHA-256.
-    let db = connect(&gw.db_url).await;
-    let n: i64 = db
-        .query_one(
+    let db = Db::open(&gw.db_url).await;
+    let n = db
+        .one(
             "SELECT count(*) FROM refresh_tokens WHERE token_hash = $1",
-            &[&Sha256::digest(refresh_token(&pair).as_bytes()).to_vec()],
+            &[Arg::Bytes(
+                Sha256::digest(refresh_token(&pair).as_bytes()).to_vec(),
+            )],
         )
         .await
-        .unwrap()
-        .get(0);
+        .int();
     assert_eq!(n, 1);
     assert_token_alive(&gw, access(&pair)).await;
 }
@@ -812,16 +813,15 @@ async fn refresh_rotates_the_token_and_spends_the_old_one() {
     assert_ne!(refresh_token(&third), refresh_token(&second));
     assert_ne!(refresh_token(&third), refresh_token(&first));
 
-    let db = connect(&gw.db_url).await;
-    let live: i64 = db
-        .query_one(
+    let db = Db::open(&gw.db_url).await;
+    let live = db
+        .one(
             "SELECT count(*) FROM refresh_tokens
              WHERE token_family = $1 AND used_at IS NULL AND revoked_at IS NULL",
-            &[&sid_of(&first)],
+            &[Arg::Uuid(sid_of(&first))],
         )
         .await
-        .unwrap()
-        .get(0);
+        .int();
     assert_eq!(live, 1, "exactly one live refresh token per session");
 }
 
@@ -848,28 +848,26 @@ async fn concurrent_refreshes_of_one_token_all_get_the_same_single_successor() {
     let successor = successors.into_iter().next().unwrap();
     assert_ne!(successor, token);
 
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let sid = sid_of(&pair);
     let live: Vec<Vec<u8>> = db
-        .query(
+        .rows(
             "SELECT token_hash FROM refresh_tokens
              WHERE token_family = $1 AND used_at IS NULL AND revoked_at IS NULL",
-            &[&sid],
+            &[Arg::Uuid(sid)],
         )
         .await
-        .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r[0].bytes())
         .collect();
     assert_eq!(live, vec![Sha256::digest(successor.as_bytes()).to_vec()]);
-    let total: i64 = db
-        .query_one(
+    let total = db
+        .one(
             "SELECT count(*) FROM refresh_tokens WHERE token_family = $1",
-            &[&sid],
+            &[Arg::Uuid(sid)],
         )
         .await
-        .unwrap()
-        .get(0);
+        .int();
     assert_eq!(total, 2, "the parent and one successor");
     // The session is intact and the successor rotates on.
     refresh(&gw, &successor).await.expect(200);
@@ -906,25 +904,23 @@ async fn refresh_token_replay_after_the_grace_window_revokes_the_whole_session()
     for pair in [&stolen, &rotated, &racing] {
         assert_token_dead(&gw, &echo, access(pair)).await;
     }
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let sid = sid_of(&stolen);
-    let revoked: bool = db
-        .query_one(
+    let revoked = db
+        .one(
             "SELECT revoked_at IS NOT NULL FROM sessions WHERE id = $1",
-            &[&sid],
+            &[Arg::Uuid(sid)],
         )
         .await
-        .unwrap()
-        .get(0);
+        .bool();
     assert!(revoked);
-    let live: i64 = db
-        .query_one(
+    let live = db
+        .one(
             "SELECT count(*) FROM refresh_tokens WHERE token_family = $1 AND revoked_at IS NULL",
-            &[&sid],
+            &[Arg::Uuid(sid)],
         )
         .await
-        .unwrap()
-        .get(0);
+        .int();
     assert_eq!(live, 0);
     // Only that session: the user's other session lives on.
     assert_token_alive(&gw, access(&other_session)).await;
@@ -1037,7 +1033,7 @@ auth = "none"
     .expect_no_content();
 
     // Every secret the flow produced, in each form a log line could print it.
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let mut secrets: Vec<String> = vec![
         PASSWORD.into(),
         new_password.into(),
@@ -1051,27 +1047,22 @@ auth = "none"
         secrets.push(access(pair).into());
         secrets.push(refresh_token(pair).into());
     }
-    let hash: String = db
-        .query_one(
+    let hash = db
+        .one(
             "SELECT hashed_password FROM users WHERE email = $1",
-            &[&email],
+            &[Arg::Text(email.to_string())],
         )
         .await
-        .unwrap()
-        .get(0);
+        .text();
     secrets.push(hash.clone());
     // The salt and digest parts on their own, too.
     secrets.extend(hash.rsplit('$').take(2).map(String::from));
     let mut blobs: Vec<Vec<u8>> = Vec::new();
-    for row in db.query("SELECT secret FROM sessions", &[]).await.unwrap() {
-        blobs.push(row.get(0));
+    for row in db.rows("SELECT secret FROM sessions", &[]).await {
+        blobs.push(row[0].bytes());
     }
-    for row in db
-        .query("SELECT token_hash FROM refresh_tokens", &[])
-        .await
-        .unwrap()
-    {
-        blobs.push(row.get(0));
+    for row in db.rows("SELECT token_hash FROM refresh_tokens", &[]).await {
+        blobs.push(row[0].bytes());
     }
     assert!(blobs.len() >= 5, "sessions and refresh tokens were stored");
     for blob in &blobs {

@@ -158,7 +158,7 @@ async fn a_multi_host_url_lands_on_the_host_that_answers_for_pool_and_listen() {
         .await
         .batch_execute(&format!(
             "UPDATE sessions SET revoked_at = now() WHERE id = '{sid}'; NOTIFY {}, 's:{sid}'",
-            portcullis::store::REVOCATION_CHANNEL
+            portcullis::store::postgres::REVOCATION_CHANNEL
         ))
         .await
         .unwrap();

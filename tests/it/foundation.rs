@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::harness::*;
 
@@ -12,6 +13,7 @@ fn shipped_config() -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml")).unwrap()
 }
 
+postgres_only! {
 #[tokio::test]
 async fn migrations_create_the_database_apply_and_rerun_as_a_no_op() {
     let name = format!("pt_m_{}_{}", std::process::id(), rand_suffix());
@@ -61,7 +63,9 @@ async fn migrations_create_the_database_apply_and_rerun_as_a_no_op() {
     drop(db);
     admin_exec(&format!("DROP DATABASE {name} WITH (FORCE)")).await;
 }
+}
 
+postgres_only! {
 fn rand_suffix() -> u32 {
     use std::time::{SystemTime, UNIX_EPOCH};
     SystemTime::now()
@@ -69,28 +73,26 @@ fn rand_suffix() -> u32 {
         .unwrap()
         .subsec_nanos()
 }
+}
 
 #[tokio::test]
 async fn the_canonical_email_is_unique_in_the_schema() {
-    let url = fresh_db().await;
-    let db = connect(&url).await;
-    db.execute(
-        "INSERT INTO users (id, email, email_canonical) VALUES (gen_random_uuid(), 'bob@x.io', 'bob@x.io')",
-        &[],
+    let db = Db::open(&fresh_db().await).await;
+    let insert = "INSERT INTO users (id, email, email_canonical) VALUES ($1, $2, 'bob@x.io')";
+    db.try_exec(
+        insert,
+        &[Arg::Uuid(Uuid::new_v4()), Arg::Text("bob@x.io".into())],
     )
     .await
     .unwrap();
     let err = db
-        .execute(
-            "INSERT INTO users (id, email, email_canonical) VALUES (gen_random_uuid(), 'Bob@X.io', 'bob@x.io')",
-            &[],
+        .try_exec(
+            insert,
+            &[Arg::Uuid(Uuid::new_v4()), Arg::Text("Bob@X.io".into())],
         )
         .await
         .unwrap_err();
-    assert_eq!(
-        err.as_db_error().unwrap().constraint(),
-        Some("users_email_canonical_key")
-    );
+    assert!(err.contains("email_canonical"), "{err}");
 }
 
 #[tokio::test]
@@ -106,31 +108,35 @@ async fn deleting_a_user_cascades_to_sessions_and_refresh_tokens_and_no_raw_toke
         .await
         .unwrap();
     let successor = refreshed["refresh_token"].as_str().unwrap();
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
 
     let rows = db
-        .query("SELECT t::text, token_hash FROM refresh_tokens t", &[])
-        .await
-        .unwrap();
+        .rows("SELECT token_hash, * FROM refresh_tokens", &[])
+        .await;
     assert_eq!(rows.len(), 2);
-    let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.get(1)).collect();
+    let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r[0].bytes()).collect();
     for token in [refresh, successor] {
         assert!(hashes.contains(&Sha256::digest(token.as_bytes()).to_vec()));
-        for row in &rows {
-            let text: String = row.get(0);
-            assert!(!text.contains(token), "raw refresh token stored: {text}");
+        for value in rows.iter().flatten() {
+            let stored = match value {
+                Val::Text(t) => t.as_bytes().to_vec(),
+                Val::Bytes(b) => b.clone(),
+                _ => continue,
+            };
+            assert!(
+                !stored.windows(token.len()).any(|w| w == token.as_bytes()),
+                "raw refresh token stored: {value:?}"
+            );
         }
     }
 
-    db.execute("DELETE FROM users WHERE email = 'cascade@example.com'", &[])
-        .await
-        .unwrap();
+    db.exec("DELETE FROM users WHERE email = 'cascade@example.com'", &[])
+        .await;
     for table in ["refresh_tokens", "sessions"] {
-        let n: i64 = db
-            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        let n = db
+            .one(&format!("SELECT count(*) FROM {table}"), &[])
             .await
-            .unwrap()
-            .get(0);
+            .int();
         assert_eq!(n, 0, "{table} rows left after deleting the user");
     }
 }
@@ -207,7 +213,7 @@ fn check_config_rejects_each_broken_config_naming_the_key() {
             "route[0].roles",
         ),
         (
-            "url = \"postgres://postgres@127.0.0.1:5432/portcullis\"",
+            "url = \"sqlite://data/portcullis.db\"",
             "url = \"mysql://x/y\"",
             "database.url",
         ),
@@ -240,6 +246,7 @@ fn a_missing_config_file_is_a_clear_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.toml"));
 }
 
+postgres_only! {
 #[tokio::test]
 async fn readyz_follows_the_database_without_a_restart() {
     let echo = Echo::start().await;
@@ -274,6 +281,7 @@ async fn readyz_follows_the_database_without_a_restart() {
         becomes(200).await,
         "readyz should recover once the database is back"
     );
+}
 }
 
 #[tokio::test]
@@ -340,18 +348,20 @@ async fn user_create_bootstraps_an_admin_and_rejects_duplicates() {
         "{}",
         String::from_utf8_lossy(&ops.stderr)
     );
-    let rows = connect(&gw.db_url)
+    let rows = Db::open(&gw.db_url)
         .await
-        .query(
+        .rows(
             "SELECT u.email, a.actor_id IS NULL, a.detail FROM audit_events a
              JOIN users u ON u.id = a.user_id WHERE a.event = 'register' ORDER BY a.id",
             &[],
         )
-        .await
-        .unwrap();
+        .await;
     let rows: Vec<(String, bool, serde_json::Value)> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| {
+            let detail = serde_json::from_str(&r[2].text()).unwrap();
+            (r[0].text(), r[1].bool(), detail)
+        })
         .collect();
     assert_eq!(
         rows,

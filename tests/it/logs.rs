@@ -377,15 +377,18 @@ async fn the_audit_trail_records_a_whole_flow_without_secrets() {
     .await;
     assert_eq!(r.status(), 204);
 
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let rows = db
-        .query(
-            "SELECT event, user_id::text, actor_id::text, host(client_ip), user_agent, request_id
+        .rows(
+            "SELECT event, user_id, actor_id, client_ip, user_agent, request_id
              FROM audit_events ORDER BY id",
             &[],
         )
-        .await
-        .unwrap();
+        .await;
+    let id = |v: &Val| match v {
+        Val::Null => None,
+        v => Some(uuid::Uuid::from_slice(&v.bytes()).unwrap().to_string()),
+    };
     type Row = (
         String,
         Option<String>,
@@ -396,7 +399,16 @@ async fn the_audit_trail_records_a_whole_flow_without_secrets() {
     );
     let rows: Vec<Row> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .map(|r| {
+            (
+                r[0].text(),
+                id(&r[1]),
+                id(&r[2]),
+                r[3].opt_text(),
+                r[4].opt_text(),
+                r[5].opt_text(),
+            )
+        })
         .collect();
     let events: Vec<&str> = rows
         .iter()
@@ -473,20 +485,14 @@ async fn the_audit_trail_records_a_whole_flow_without_secrets() {
     assert_eq!(line["user_agent"], "audit-test/1.0");
 
     // No password, hash or token in the table or the log.
-    for row in db
-        .query("SELECT hashed_password FROM users", &[])
-        .await
-        .unwrap()
-    {
-        let hash: Option<String> = row.get(0);
-        secrets.extend(hash);
+    for row in db.rows("SELECT hashed_password FROM users", &[]).await {
+        secrets.extend(row[0].opt_text());
     }
     let table: Vec<String> = db
-        .query("SELECT row_to_json(a)::text FROM audit_events a", &[])
+        .rows("SELECT * FROM audit_events", &[])
         .await
-        .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| format!("{r:?}"))
         .collect();
     let table = table.join("\n");
     let log = gw.log();
@@ -688,16 +694,15 @@ async fn reaching_the_account_limit_records_one_lockout() {
         let body = json!({"email": "dave@x.io", "password": "wrong-password"});
         assert_eq!(gw.post("/auth/login", body).await.status(), status);
     }
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let events: Vec<String> = db
-        .query(
-            "SELECT event FROM audit_events WHERE user_id = $1::text::uuid ORDER BY id",
-            &[&uid],
+        .rows(
+            "SELECT event FROM audit_events WHERE user_id = $1 ORDER BY id",
+            &[Arg::Uuid(uid.parse().unwrap())],
         )
         .await
-        .unwrap()
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| r[0].text())
         .collect();
     assert_eq!(
         events,
@@ -711,8 +716,8 @@ async fn under_json_every_line_serve_writes_is_json_from_creating_the_database_o
     let mut opts = Options::new(echo.addr);
     opts.extra = JSON_LOG.into();
     // A database that does not exist yet: serve creates and migrates it, and says so.
-    let name = format!("t_json_{}", uuid::Uuid::new_v4().simple());
-    opts.database = Some(url_for(&name));
+    let url = absent_db_url();
+    opts.database = Some(url.clone());
     let mut gw = Gateway::start(opts).await;
     let r = gw.get("/public/x", None).await;
     assert_eq!(r.status(), 200);
@@ -729,7 +734,7 @@ async fn under_json_every_line_serve_writes_is_json_from_creating_the_database_o
     assert!(log.contains("created the database"), "{log}");
     assert!(log.contains("applied migration"), "{log}");
     assert!(lines > 5, "{log}");
-    admin_exec(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+    drop_db(&url).await;
 }
 
 #[tokio::test]

@@ -292,23 +292,21 @@ async fn user_count(gw: &Gateway) -> i64 {
 }
 
 async fn rows(gw: &Gateway, table: &str) -> i64 {
-    connect(&gw.db_url)
+    Db::open(&gw.db_url)
         .await
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .one(&format!("SELECT count(*) FROM {table}"), &[])
         .await
-        .unwrap()
-        .get(0)
+        .int()
 }
 
 /// The audit trail, oldest first: (event, detail).
 async fn audit(gw: &Gateway) -> Vec<(String, Value)> {
-    connect(&gw.db_url)
+    Db::open(&gw.db_url)
         .await
-        .query("SELECT event, detail FROM audit_events ORDER BY id", &[])
+        .rows("SELECT event, detail FROM audit_events ORDER BY id", &[])
         .await
-        .unwrap()
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r[0].text(), serde_json::from_str(&r[1].text()).unwrap()))
         .collect()
 }
 
@@ -395,12 +393,7 @@ async fn a_verified_email_links_the_existing_account_and_an_unverified_one_is_re
         Some("email_taken")
     );
     assert_eq!(query_param(&location, "login_code"), None);
-    let links: i64 = connect(&gw.db_url)
-        .await
-        .query_one("SELECT count(*) FROM oidc_identities", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let links = rows(&gw, "oidc_identities").await;
     assert_eq!(links, 0, "nothing is linked for an unverified email");
     assert_eq!(user_count(&gw).await, 1, "nothing is created");
 
@@ -438,14 +431,13 @@ async fn a_deactivated_account_is_neither_logged_in_nor_linked() {
     let (gw, _echo) = gateway(&idp).await;
     let local = gw.user("dana@example.com").await;
     let id = local["user"]["id"].as_str().unwrap().to_string();
-    connect(&gw.db_url)
+    Db::open(&gw.db_url)
         .await
-        .execute(
-            "UPDATE users SET is_active = false WHERE id = $1::text::uuid",
-            &[&id],
+        .exec(
+            "UPDATE users SET is_active = false WHERE id = $1",
+            &[Arg::Uuid(id.parse().unwrap())],
         )
-        .await
-        .unwrap();
+        .await;
     let who = Identity {
         sub: "sub-d".into(),
         email: "dana@example.com".into(),

@@ -295,7 +295,7 @@ async fn garbage_tampered_unsigned_and_foreign_tokens_are_401_invalid_token() {
 
     // A token signed by another gateway (its own keys directory), valid in every other way.
     let other_echo = Echo::start().await;
-    let other = Gateway::start_on(Options::new(other_echo.addr), gw.db_url.clone()).await;
+    let other = Gateway::start(Options::new(other_echo.addr)).await;
     let foreign_pair = other.user("foreign@example.com").await;
     let foreign = access(&foreign_pair).to_string();
     assert_eq!(get(&other, "/api/x", Some(&foreign)).await.status, 200);
@@ -1046,6 +1046,7 @@ async fn the_body_of_a_rejected_request_is_never_read_as_another_request() {
 // Revocation (§4.2 item 3, 7)
 // ---------------------------------------------------------------------------------------------
 
+postgres_only! {
 /// Two gateways on one database and one keys directory.
 async fn two_instances(echo: &Echo, revocation: &str) -> (Gateway, Gateway, tempfile::TempDir) {
     two_gateways(|| {
@@ -1054,6 +1055,7 @@ async fn two_instances(echo: &Echo, revocation: &str) -> (Gateway, Gateway, temp
         opts
     })
     .await
+}
 }
 
 /// Polls until `gw` refuses `token` on /api/ with 401; returns how long that took.
@@ -1064,6 +1066,7 @@ async fn until_refused(gw: &Gateway, token: &str, timeout: Duration) -> Option<D
     .await
 }
 
+postgres_only! {
 #[tokio::test]
 async fn a_logout_through_one_instance_is_enforced_by_another_within_one_second() {
     let echo = Echo::start().await;
@@ -1098,7 +1101,9 @@ async fn a_logout_through_one_instance_is_enforced_by_another_within_one_second(
     let r = get(&a, "/api/r", Some(token)).await;
     assert_rejected(&r, 401, "invalid_token", &echo, before, "revoked on A");
 }
+}
 
+postgres_only! {
 #[tokio::test]
 async fn logout_all_through_one_instance_is_enforced_by_another_within_one_second() {
     let echo = Echo::start().await;
@@ -1127,7 +1132,9 @@ async fn logout_all_through_one_instance_is_enforced_by_another_within_one_secon
         );
     }
 }
+}
 
+postgres_only! {
 #[tokio::test]
 async fn deactivation_and_role_change_through_one_instance_are_enforced_by_another_within_one_second()
  {
@@ -1176,7 +1183,9 @@ async fn deactivation_and_role_change_through_one_instance_are_enforced_by_anoth
         assert_rejected(&r, 401, "invalid_token", &echo, before, "revoked user");
     }
 }
+}
 
+postgres_only! {
 /// `pg_terminate_backend` on this database's LISTEN connection; returns how many were killed.
 async fn kill_listener(db_url: &str) -> i64 {
     let db = connect(db_url).await;
@@ -1189,7 +1198,9 @@ async fn kill_listener(db_url: &str) -> i64 {
     .unwrap()
     .get(0)
 }
+}
 
+postgres_only! {
 async fn listeners(db_url: &str) -> i64 {
     let db = connect(db_url).await;
     db.query_one(
@@ -1201,7 +1212,9 @@ async fn listeners(db_url: &str) -> i64 {
     .unwrap()
     .get(0)
 }
+}
 
+postgres_only! {
 /// The instance that takes a logout stops trusting the session before it answers, without
 /// waiting for its own NOTIFY to come back: here its LISTEN connection is killed and cannot
 /// come back (the database refuses new connections; the pool's one connection stays open),
@@ -1248,7 +1261,9 @@ async fn the_instance_that_revokes_enforces_it_at_once_without_its_own_notificat
     assert_eq!(echo.count(), before, "a revoked token reached the upstream");
     assert_eq!(listeners(&db).await, 0, "LISTEN came back during the test");
 }
+}
 
+postgres_only! {
 #[tokio::test]
 async fn revocation_survives_a_killed_listen_connection_and_propagates_again_after_reconnect() {
     let echo = Echo::start().await;
@@ -1336,6 +1351,7 @@ async fn revocation_survives_a_killed_listen_connection_and_propagates_again_aft
         "after reconnect B refused only after {took:?}"
     );
 }
+}
 
 #[tokio::test]
 async fn a_revocation_whose_notification_is_lost_is_enforced_within_the_cache_ttl() {
@@ -1347,15 +1363,13 @@ async fn a_revocation_whose_notification_is_lost_is_enforced_within_the_cache_tt
     let token = access(&pair);
     assert_eq!(get(&gw, "/api/r", Some(token)).await.status, 200);
     // Revoke behind the gateway's back: no NOTIFY at all.
-    let db = connect(&gw.db_url).await;
+    let db = Db::open(&gw.db_url).await;
     let sid = uuid::Uuid::parse_str(jwt_part(token, 1)["sid"].as_str().unwrap()).unwrap();
-    let n = db
-        .execute(
-            "UPDATE sessions SET revoked_at = now() WHERE id = $1",
-            &[&sid],
-        )
-        .await
-        .unwrap();
+    let revoke = format!(
+        "UPDATE sessions SET revoked_at = {} WHERE id = $1",
+        db.now()
+    );
+    let n = db.exec(&revoke, &[Arg::Uuid(sid)]).await;
     assert_eq!(n, 1);
     assert!(
         until_refused(&gw, token, Duration::from_secs(3))
@@ -1365,6 +1379,7 @@ async fn a_revocation_whose_notification_is_lost_is_enforced_within_the_cache_tt
     );
 }
 
+postgres_only! {
 #[tokio::test]
 async fn with_the_database_down_unknown_status_is_503_cached_status_is_served_and_it_recovers() {
     let echo = Echo::start().await;
@@ -1437,7 +1452,9 @@ async fn with_the_database_down_unknown_status_is_503_cached_status_is_served_an
         vec![unknown["user"]["id"].as_str().unwrap()]
     );
 }
+}
 
+postgres_only! {
 #[tokio::test]
 async fn the_auth_api_answers_503_while_the_database_is_down() {
     let echo = Echo::start().await;
@@ -1460,7 +1477,9 @@ async fn the_auth_api_answers_503_while_the_database_is_down() {
     }
     assert_eq!(echo.count(), 0);
 }
+}
 
+postgres_only! {
 #[tokio::test]
 async fn on_db_error_allow_forwards_when_the_status_cannot_be_checked() {
     let echo = Echo::start().await;
@@ -1488,6 +1507,7 @@ async fn on_db_error_allow_forwards_when_the_status_cannot_be_checked() {
     })
     .await;
     assert!(logged.is_some(), "the allow should be logged");
+}
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,40 +4,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::Postgres;
 use crate::model::{AuditEvent, Role, User};
+use crate::store::{AdminUpdate, AdminUpdateOutcome, StoreError, StoredUser};
 
 const USER_COLUMNS: &str = "id, email, role::text AS role, is_active, created_at";
-
-/// A user together with the stored password hash (never leaves the auth layer).
-#[derive(Debug, Clone)]
-pub struct StoredUser {
-    /// The public view.
-    pub user: User,
-    /// PHC string; `None` for accounts created through OIDC.
-    pub hashed_password: Option<String>,
-}
-
-/// Changes an admin may make to a user.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdminUpdate {
-    /// New role.
-    pub role: Option<Role>,
-    /// New active flag.
-    pub is_active: Option<bool>,
-}
-
-/// Result of an admin update.
-#[derive(Debug, Clone)]
-pub enum AdminUpdateOutcome {
-    /// Applied; sessions were revoked if the role or active flag changed. Carries the audit
-    /// events recorded with it.
-    Updated(User, Vec<AuditEvent>),
-    /// No such user.
-    NotFound,
-    /// Refused: no active admin would remain.
-    LastAdmin,
-}
 
 pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
     let role: String = row.try_get("role")?;
@@ -50,10 +21,10 @@ pub(super) fn user_from_row(row: &Row) -> Result<User, StoreError> {
     })
 }
 
-impl Store {
+impl Postgres {
     /// Inserts a user; `StoreError::Unique("users_email_canonical_key")` when the canonical
     /// email is taken.
-    pub async fn create_user(
+    pub(in crate::store) async fn create_user(
         &self,
         email: &str,
         email_canonical: &str,
@@ -80,7 +51,7 @@ impl Store {
     }
 
     /// Looks a user up by canonical email, with the password hash.
-    pub async fn find_user_by_email(
+    pub(in crate::store) async fn find_user_by_email(
         &self,
         email_canonical: &str,
     ) -> Result<Option<StoredUser>, StoreError> {
@@ -103,7 +74,10 @@ impl Store {
     }
 
     /// Looks a user up by id, with the password hash.
-    pub async fn find_user(&self, id: Uuid) -> Result<Option<StoredUser>, StoreError> {
+    pub(in crate::store) async fn find_user(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<StoredUser>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -121,7 +95,11 @@ impl Store {
     }
 
     /// Replaces a password hash (re-hash on login after a parameter change).
-    pub async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<(), StoreError> {
+    pub(in crate::store) async fn set_password_hash(
+        &self,
+        id: Uuid,
+        hash: &str,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -134,7 +112,7 @@ impl Store {
 
     /// Changes the password, revokes every session but `keep` and records `audit`, in one
     /// transaction.
-    pub async fn change_password(
+    pub(in crate::store) async fn change_password(
         &self,
         id: Uuid,
         hash: &str,
@@ -154,7 +132,7 @@ impl Store {
     }
 
     /// One page of users ordered by (created_at, id), starting after `after`.
-    pub async fn list_users(
+    pub(in crate::store) async fn list_users(
         &self,
         limit: i64,
         after: Option<(DateTime<Utc>, Uuid)>,
@@ -192,7 +170,7 @@ impl Store {
     ///
     /// `audit` names the events of the change from the row before and after; they are
     /// recorded in the same transaction and returned with the user.
-    pub async fn admin_update_user(
+    pub(in crate::store) async fn admin_update_user(
         &self,
         id: Uuid,
         update: AdminUpdate,
@@ -248,7 +226,7 @@ impl Store {
     }
 
     /// Whether a user exists (for 404s on admin endpoints).
-    pub async fn user_exists(&self, id: Uuid) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn user_exists(&self, id: Uuid) -> Result<bool, StoreError> {
         let client = self.client().await?;
         Ok(client
             .query_opt("SELECT 1 FROM users WHERE id = $1", &[&id])
@@ -257,7 +235,10 @@ impl Store {
     }
 
     /// Failed logins for the account in the current minute, across all instances.
-    pub async fn login_failures(&self, email_canonical: &str) -> Result<i32, StoreError> {
+    pub(in crate::store) async fn login_failures(
+        &self,
+        email_canonical: &str,
+    ) -> Result<i32, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -270,7 +251,10 @@ impl Store {
     }
 
     /// Counts one failed login for the account in the current minute and drops old windows.
-    pub async fn record_login_failure(&self, email_canonical: &str) -> Result<(), StoreError> {
+    pub(in crate::store) async fn record_login_failure(
+        &self,
+        email_canonical: &str,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(

@@ -5,11 +5,16 @@ use super::StoreError;
 use super::tls::{self, Target};
 
 mod embedded {
-    refinery::embed_migrations!("migrations");
+    refinery::embed_migrations!("migrations/postgres");
 }
 
 /// Serializes concurrent migrators (several instances starting at once).
 const MIGRATION_LOCK_KEY: i64 = 0x706f_7274_6375_6c6c; // "portcull"
+
+/// Opens one connection outside the pool (migrations, `db copy`).
+pub(in crate::store) async fn connect_url(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    connect(&tls::target(url)?).await
+}
 
 async fn connect(target: &Target) -> Result<tokio_postgres::Client, StoreError> {
     let (client, connection) = target.config.connect(target.tls.clone()).await?;

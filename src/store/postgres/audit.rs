@@ -2,27 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
-use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::Postgres;
 use crate::model::{AuditEvent, AuditRecord};
-
-/// Filters of one audit page; every field is optional but `limit`.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    /// Only events about this user.
-    pub user_id: Option<Uuid>,
-    /// Only events about the user with this canonical email.
-    pub email_canonical: Option<String>,
-    /// Only this event name.
-    pub event: Option<String>,
-    /// Only events at or after this time.
-    pub since: Option<DateTime<Utc>>,
-    /// Only events older than this id (the previous page's last).
-    pub before_id: Option<i64>,
-    /// Rows to return.
-    pub limit: i64,
-}
+use crate::store::{AuditQuery, StoreError};
 
 fn record_from_row(row: &Row) -> Result<AuditRecord, StoreError> {
     let ip: Option<std::net::IpAddr> = row.try_get("client_ip")?;
@@ -65,9 +48,9 @@ pub(super) async fn insert_in(
     Ok(())
 }
 
-impl Store {
+impl Postgres {
     /// Records one event on its own (for actions without a transaction of their own).
-    pub async fn record_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
+    pub(in crate::store) async fn record_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         let client = self.client().await?;
         let kind = e.kind.as_str();
         client
@@ -88,7 +71,10 @@ impl Store {
     }
 
     /// Events matching `q`, newest first (by id).
-    pub async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+    pub(in crate::store) async fn list_audit(
+        &self,
+        q: &AuditQuery,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -117,7 +103,10 @@ impl Store {
     }
 
     /// Deletes events recorded before `cutoff`; returns how many.
-    pub async fn delete_audit_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(in crate::store) async fn delete_audit_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let client = self.client().await?;
         Ok(client
             .execute("DELETE FROM audit_events WHERE time < $1", &[&cutoff])

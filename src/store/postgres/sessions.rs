@@ -1,64 +1,19 @@
 //! Sessions (token families) and refresh tokens: creation, rotation with reuse detection,
 //! revocation (always with a NOTIFY in the same transaction), and the revocation status.
 
-use std::net::IpAddr;
-
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::{RevocationEvent, Store, StoreError, notify};
-use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus, User};
+use super::{Postgres, notify};
+use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus};
+use crate::store::{NewSession, RefreshOutcome, RevocationEvent, StoreError, Successor};
 
-/// Everything needed to open a session at login.
-#[derive(Debug, Clone)]
-pub struct NewSession<'a> {
-    /// Owner.
-    pub user_id: Uuid,
-    /// Per-session HMAC key for successor derivation.
-    pub secret: &'a [u8],
-    /// SHA-256 of the first refresh token.
-    pub token_hash: &'a [u8],
-    /// Absolute end of the session.
-    pub expires_at: DateTime<Utc>,
-    /// User-Agent of the login request.
-    pub user_agent: Option<&'a str>,
-    /// Client IP of the login request.
-    pub ip: Option<IpAddr>,
-}
-
-/// A successor refresh token, derived by the caller from the session secret.
-#[derive(Debug, Clone)]
-pub struct Successor {
-    /// The token handed to the client.
-    pub token: String,
-    /// Its SHA-256, the only form stored.
-    pub hash: Vec<u8>,
-}
-
-/// What presenting a refresh token led to.
-#[derive(Debug, Clone)]
-pub enum RefreshOutcome {
-    /// A successor is live: freshly rotated, or the same one again inside the grace window.
-    Rotated {
-        /// The owner.
-        user: User,
-        /// The session (token family).
-        session_id: Uuid,
-        /// The successor refresh token.
-        successor: String,
-        /// Absolute end of the session.
-        expires_at: DateTime<Utc>,
-    },
-    /// Unknown, expired, revoked, or the owner is inactive.
-    Invalid,
-    /// A spent token was replayed after the grace window: the session is now revoked, and
-    /// the audit event recorded with the revocation.
-    Reused(Box<AuditEvent>),
-}
-
-impl Store {
+impl Postgres {
     /// Opens a session with its first refresh token; returns the session id.
-    pub async fn create_session(&self, new: NewSession<'_>) -> Result<Uuid, StoreError> {
+    pub(in crate::store) async fn create_session(
+        &self,
+        new: NewSession<'_>,
+    ) -> Result<Uuid, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let sid = Uuid::new_v4();
@@ -96,7 +51,7 @@ impl Store {
     /// concurrent presentations are serialized: the first rotates, the others fall in the
     /// grace window and get the same successor (`derive` is deterministic per session).
     /// A detected reuse is recorded as `on_reuse(user, session)` in the revoking transaction.
-    pub async fn refresh(
+    pub(in crate::store) async fn refresh(
         &self,
         token_hash: &[u8],
         grace_secs: u64,
@@ -206,7 +161,7 @@ impl Store {
 
     /// Revokes the session a refresh token belongs to (logout), recording
     /// `audit(user, session)` in the same transaction; unknown tokens are ignored (`None`).
-    pub async fn revoke_session_of_token(
+    pub(in crate::store) async fn revoke_session_of_token(
         &self,
         token_hash: &[u8],
         audit: impl Fn(Uuid, Uuid) -> AuditEvent,
@@ -234,7 +189,7 @@ impl Store {
 
     /// Revokes one live session of `user_id` and records `audit` in the same transaction;
     /// `false` (and nothing recorded) when it has no such live session.
-    pub async fn revoke_user_session(
+    pub(in crate::store) async fn revoke_user_session(
         &self,
         user_id: Uuid,
         sid: Uuid,
@@ -261,7 +216,7 @@ impl Store {
 
     /// Revokes a live session whoever owns it (operator action), announces it and records
     /// `audit(owner)` in the same transaction; `false` when there is no such live session.
-    pub async fn revoke_session_by_id(
+    pub(in crate::store) async fn revoke_session_by_id(
         &self,
         sid: Uuid,
         audit: impl FnOnce(Uuid) -> AuditEvent + Send,
@@ -289,7 +244,7 @@ impl Store {
 
     /// Revokes every session of a user (logout-all, admin action) and records `audit` in the
     /// same transaction.
-    pub async fn revoke_all_sessions(
+    pub(in crate::store) async fn revoke_all_sessions(
         &self,
         user_id: Uuid,
         audit: &AuditEvent,
@@ -302,7 +257,10 @@ impl Store {
     }
 
     /// Live sessions of a user, newest first.
-    pub async fn list_sessions(&self, user_id: Uuid) -> Result<Vec<SessionInfo>, StoreError> {
+    pub(in crate::store) async fn list_sessions(
+        &self,
+        user_id: Uuid,
+    ) -> Result<Vec<SessionInfo>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -326,7 +284,10 @@ impl Store {
     }
 
     /// The revocation status of a session: two primary-key lookups in one round trip.
-    pub async fn session_status(&self, sid: Uuid) -> Result<Option<SessionStatus>, StoreError> {
+    pub(in crate::store) async fn session_status(
+        &self,
+        sid: Uuid,
+    ) -> Result<Option<SessionStatus>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(

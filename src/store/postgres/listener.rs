@@ -3,41 +3,9 @@
 use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
-use uuid::Uuid;
 
 use super::REVOCATION_CHANNEL;
-
-/// What a notification (or the connection's state) tells the revocation cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RevocationEvent {
-    /// One session (token family) was revoked.
-    Session(Uuid),
-    /// Something about a user changed (deactivated, role changed, all sessions revoked).
-    User(Uuid),
-    /// Notifications may have been missed (new or re-established connection): forget all.
-    All,
-}
-
-impl RevocationEvent {
-    /// Wire form of the NOTIFY payload.
-    pub fn to_payload(&self) -> String {
-        match self {
-            RevocationEvent::Session(id) => format!("s:{id}"),
-            RevocationEvent::User(id) => format!("u:{id}"),
-            RevocationEvent::All => "all".to_string(),
-        }
-    }
-
-    /// Parses a payload; an unknown one is treated as "forget everything" (fail safe).
-    pub fn from_payload(payload: &str) -> RevocationEvent {
-        let parsed = match payload.split_once(':') {
-            Some(("s", id)) => Uuid::parse_str(id).ok().map(RevocationEvent::Session),
-            Some(("u", id)) => Uuid::parse_str(id).ok().map(RevocationEvent::User),
-            _ => None,
-        };
-        parsed.unwrap_or(RevocationEvent::All)
-    }
-}
+use crate::store::RevocationEvent;
 
 /// Holds a LISTEN connection forever, reconnecting with backoff. `on_event` receives every
 /// revocation, and `All` whenever a connection is (re-)established, since notifications sent

@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Store, StoreError};
+use super::Postgres;
 use crate::secrets::KeyRing;
+use crate::store::{Resealed, StoreError, StoredCert};
 
 /// The account column is `jsonb`: a sealed value is stored as a JSON string, legacy
 /// plaintext as the credentials object itself.
@@ -15,48 +16,12 @@ fn unwrap_sealed_json(stored: String) -> String {
     }
 }
 
-/// The certificate stored for a set of domains.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCert {
-    /// Leaf first, then the chain.
-    pub cert_pem: String,
-    /// The certificate's private key.
-    pub key_pem: String,
-    /// Expiry of the leaf.
-    pub not_after: DateTime<Utc>,
-}
-
-/// What `secrets rotate` did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Resealed {
-    /// Values sealed anew under the first key (older keys, or plaintext from before sealing).
-    pub resealed: usize,
-    /// Values already under the first key.
-    pub current: usize,
-}
-
-impl Store {
-    /// Opens a stored secret: sealed ones with the ring; plaintext ones (written before
-    /// secrets were sealed) as they are, until `secrets rotate` seals them.
-    fn open_secret(&self, stored: String, what: &str) -> Result<String, StoreError> {
-        if !KeyRing::is_sealed(&stored) {
-            return Ok(stored);
-        }
-        let plain = self
-            .ring()?
-            .open(&stored)
-            .map_err(|e| StoreError::Secret(format!("{what}: {e}")))?;
-        String::from_utf8(plain).map_err(|_| StoreError::Secret(format!("{what}: not text")))
-    }
-
-    fn seal_secret(&self, plain: &str) -> Result<String, StoreError> {
-        self.ring()?
-            .seal(plain.as_bytes())
-            .map_err(|e| StoreError::Secret(e.to_string()))
-    }
-
+impl Postgres {
     /// The account credentials (JSON) registered at `directory_url`, if any.
-    pub async fn acme_account(&self, directory_url: &str) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn acme_account(
+        &self,
+        directory_url: &str,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -66,7 +31,7 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let stored: String = row.try_get(0)?;
-        Ok(Some(self.open_secret(
+        Ok(Some(self.shared.open_secret(
             unwrap_sealed_json(stored),
             "the ACME account key",
         )?))
@@ -74,12 +39,12 @@ impl Store {
 
     /// Records the account credentials; the first writer wins (two instances racing to
     /// register keep one account).
-    pub async fn save_acme_account(
+    pub(in crate::store) async fn save_acme_account(
         &self,
         directory_url: &str,
         credentials: &str,
     ) -> Result<(), StoreError> {
-        let sealed = self.seal_secret(credentials)?;
+        let sealed = self.shared.seal_secret(credentials)?;
         let client = self.client().await?;
         client
             .execute(
@@ -92,7 +57,7 @@ impl Store {
     }
 
     /// Publishes the answer to an HTTP-01 challenge for `ttl_secs`.
-    pub async fn put_acme_challenge(
+    pub(in crate::store) async fn put_acme_challenge(
         &self,
         token: &str,
         key_authorization: &str,
@@ -112,7 +77,10 @@ impl Store {
     }
 
     /// The key authorization for a live challenge token.
-    pub async fn acme_challenge(&self, token: &str) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn acme_challenge(
+        &self,
+        token: &str,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -125,7 +93,10 @@ impl Store {
     }
 
     /// Drops answered or expired challenges.
-    pub async fn clear_acme_challenges(&self, tokens: &[String]) -> Result<(), StoreError> {
+    pub(in crate::store) async fn clear_acme_challenges(
+        &self,
+        tokens: &[String],
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
@@ -137,7 +108,10 @@ impl Store {
     }
 
     /// The certificate stored for `domains`.
-    pub async fn acme_certificate(&self, domains: &str) -> Result<Option<StoredCert>, StoreError> {
+    pub(in crate::store) async fn acme_certificate(
+        &self,
+        domains: &str,
+    ) -> Result<Option<StoredCert>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -148,7 +122,9 @@ impl Store {
         row.map(|r| {
             Ok(StoredCert {
                 cert_pem: r.try_get(0)?,
-                key_pem: self.open_secret(r.try_get(1)?, "the ACME certificate key")?,
+                key_pem: self
+                    .shared
+                    .open_secret(r.try_get(1)?, "the ACME certificate key")?,
                 not_after: r.try_get(2)?,
             })
         })
@@ -157,7 +133,7 @@ impl Store {
 
     /// What changes when the stored certificate does (its write time) and its expiry: what
     /// instances poll, so the key itself is read (and opened) only when it changed.
-    pub async fn acme_certificate_marker(
+    pub(in crate::store) async fn acme_certificate_marker(
         &self,
         domains: &str,
     ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, StoreError> {
@@ -173,8 +149,8 @@ impl Store {
 
     /// Seals every stored secret under the ring's first key (`portcullis secrets rotate`), in
     /// one transaction: a value no key opens fails the whole run and nothing is written.
-    pub async fn reseal_secrets(&self) -> Result<Resealed, StoreError> {
-        let ring = self.ring()?;
+    pub(in crate::store) async fn reseal_secrets(&self) -> Result<Resealed, StoreError> {
+        let ring = self.shared.ring()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut done = Resealed::default();
@@ -191,8 +167,10 @@ impl Store {
                 done.current += 1;
                 continue;
             }
-            let plain = self.open_secret(stored, &format!("the ACME account of {url}"))?;
-            let sealed = self.seal_secret(&plain)?;
+            let plain = self
+                .shared
+                .open_secret(stored, &format!("the ACME account of {url}"))?;
+            let sealed = self.shared.seal_secret(&plain)?;
             tx.execute(
                 "UPDATE acme_accounts SET credentials = to_jsonb($2::text) WHERE directory_url = $1",
                 &[&url, &sealed],
@@ -213,8 +191,10 @@ impl Store {
                 done.current += 1;
                 continue;
             }
-            let plain = self.open_secret(stored, &format!("the certificate key of {domains}"))?;
-            let sealed = self.seal_secret(&plain)?;
+            let plain = self
+                .shared
+                .open_secret(stored, &format!("the certificate key of {domains}"))?;
+            let sealed = self.shared.seal_secret(&plain)?;
             // updated_at is left alone: the certificate did not change, only its envelope.
             tx.execute(
                 "UPDATE acme_certificates SET key_pem = $2 WHERE domains = $1",
@@ -228,12 +208,12 @@ impl Store {
     }
 
     /// Stores (or replaces) the certificate for `domains`.
-    pub async fn save_acme_certificate(
+    pub(in crate::store) async fn save_acme_certificate(
         &self,
         domains: &str,
         cert: &StoredCert,
     ) -> Result<(), StoreError> {
-        let sealed = self.seal_secret(&cert.key_pem)?;
+        let sealed = self.shared.seal_secret(&cert.key_pem)?;
         let client = self.client().await?;
         client
             .execute(
@@ -250,7 +230,11 @@ impl Store {
 
     /// Takes the ordering lease for `domains` for `secs`; `false` when another instance
     /// holds it. A crashed holder's lease simply runs out.
-    pub async fn take_acme_lease(&self, domains: &str, secs: i64) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn take_acme_lease(
+        &self,
+        domains: &str,
+        secs: i64,
+    ) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -266,7 +250,10 @@ impl Store {
     }
 
     /// Gives the ordering lease back.
-    pub async fn release_acme_lease(&self, domains: &str) -> Result<(), StoreError> {
+    pub(in crate::store) async fn release_acme_lease(
+        &self,
+        domains: &str,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(

@@ -2,44 +2,13 @@
 
 use uuid::Uuid;
 
-use super::{Store, StoreError, users::user_from_row};
+use super::{Postgres, users::user_from_row};
 use crate::model::{Role, User};
+use crate::store::{OidcLink, OidcState, StoreError};
 
-/// A pending authorization request, consumed by the callback.
-#[derive(Debug, Clone)]
-pub struct OidcState {
-    /// Provider name.
-    pub provider: String,
-    /// Nonce expected in the ID token.
-    pub nonce: String,
-    /// PKCE verifier for the code exchange.
-    pub pkce_verifier: String,
-    /// Where the browser goes afterwards.
-    pub redirect_to: String,
-    /// Started from the sign-in page: ends in the session cookies, not a login code.
-    pub for_browser: bool,
-}
-
-/// How a provider login resolved to an account.
-#[derive(Debug, Clone)]
-pub enum OidcLink {
-    /// Already linked to this identity (or inactive, so left unlinked).
-    User(User),
-    /// Linked by this login: to an existing account (`created == false`) or a new one. Only
-    /// this outcome is an `oidc_linked` audit event; later logins through it are `login_ok`.
-    Linked {
-        /// The account now linked.
-        user: User,
-        /// Whether the account was created by this login.
-        created: bool,
-    },
-    /// An account with this email exists and the provider did not verify the email.
-    EmailTaken,
-}
-
-impl Store {
+impl Postgres {
     /// Records a pending authorization request (and drops expired ones).
-    pub async fn save_oidc_state(
+    pub(in crate::store) async fn save_oidc_state(
         &self,
         state_hash: &[u8],
         state: &OidcState,
@@ -71,7 +40,7 @@ impl Store {
 
     /// Consumes a pending request: `None` when unknown, used, expired (10 min) or for another
     /// provider. Deleting it makes it single use even across instances.
-    pub async fn take_oidc_state(
+    pub(in crate::store) async fn take_oidc_state(
         &self,
         state_hash: &[u8],
         provider: &str,
@@ -100,7 +69,7 @@ impl Store {
     /// Resolves a verified provider identity to an account: by (provider, subject); else linked
     /// to the account with the same canonical email when the provider verified it; else a new
     /// password-less account — unless the email is taken, in which case nothing changes.
-    pub async fn link_oidc_identity(
+    pub(in crate::store) async fn link_oidc_identity(
         &self,
         provider: &str,
         subject: &str,
@@ -163,7 +132,7 @@ impl Store {
     }
 
     /// Stores a one-time login code (hash) valid for `ttl_secs`.
-    pub async fn save_login_code(
+    pub(in crate::store) async fn save_login_code(
         &self,
         code_hash: &[u8],
         user_id: Uuid,
@@ -181,7 +150,10 @@ impl Store {
     }
 
     /// Consumes a login code: the user when it exists and has not expired (single use).
-    pub async fn take_login_code(&self, code_hash: &[u8]) -> Result<Option<User>, StoreError> {
+    pub(in crate::store) async fn take_login_code(
+        &self,
+        code_hash: &[u8],
+    ) -> Result<Option<User>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
