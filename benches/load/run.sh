@@ -15,7 +15,7 @@
 # Options for this script: --smoke, --no-wait (skip the quiet-machine wait), --wait-minutes N
 # (default 40), --skip-build (use the binaries already built). Every other option goes to
 # bench.py: --duration S, --rounds N, --connections C, --revocations N, --no-peers, --out DIR,
-# --only KEYS (e.g. --only realistic), --loadgen python, --upstream python, ...
+# --only KEYS (e.g. --only realistic), --store sqlite|postgres, --loadgen python, --upstream python, ...
 # (python3 benches/load/bench.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

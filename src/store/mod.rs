@@ -126,6 +126,25 @@ impl Shared {
         String::from_utf8(plain).map_err(|_| StoreError::Secret(format!("{what}: not text")))
     }
 
+    /// A stored secret re-sealed under the ring's current key (`secrets rotate`): `None` when
+    /// it already is; counted in `done` either way. A value no key opens is an error naming
+    /// `what`.
+    fn reseal(
+        &self,
+        stored: String,
+        what: &str,
+        done: &mut Resealed,
+    ) -> Result<Option<String>, StoreError> {
+        if self.ring()?.is_current(&stored) {
+            done.current += 1;
+            return Ok(None);
+        }
+        let plain = self.open_secret(stored, what)?;
+        let sealed = self.seal_secret(&plain)?;
+        done.resealed += 1;
+        Ok(Some(sealed))
+    }
+
     /// Seals a secret under the ring's current key.
     fn seal_secret(&self, plain: &str) -> Result<String, StoreError> {
         self.ring()?

@@ -144,6 +144,19 @@ impl Chromium {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// The page source once it holds `text` (a form post's answer replaces the page a moment
+    /// after the click), or as it is after 10 s.
+    async fn wait_source(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let source = self.source().await;
+            if source.contains(text) || Instant::now() > deadline {
+                return source;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Chromium {
@@ -177,7 +190,7 @@ async fn a_person_signs_in_lands_on_the_page_signs_out_and_a_revoked_session_is_
     browser.type_into("#email", "chromium@x.io").await;
     browser.type_into("#password", "not-the-password").await;
     browser.click("button[type=submit]").await;
-    let source = browser.source().await;
+    let source = browser.wait_source("Wrong email or password.").await;
     assert!(source.contains("Wrong email or password."), "{source}");
 
     // The right one: back on the page, which the upstream served with the identity.

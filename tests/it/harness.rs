@@ -59,6 +59,13 @@ async fn admin_client() -> tokio_postgres::Client {
 /// the SQLite binary. Written past the test's output capture, so it always shows.
 pub fn skip_without_postgres(why: &str) -> ! {
     use std::io::Write;
+    // CI sets this: there, a PostgreSQL that does not answer is a failure, not a skip.
+    if std::env::var_os("PORTCULLIS_REQUIRE_POSTGRES").is_some() {
+        panic!(
+            "PostgreSQL is required (PORTCULLIS_REQUIRE_POSTGRES) but not reachable at {}: {why}",
+            admin_url()
+        );
+    }
     let listed = Command::new(std::env::current_exe().unwrap())
         .args(["--list", "--format", "terse"])
         .output()

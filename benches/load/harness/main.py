@@ -31,6 +31,8 @@ def parse_args(doc):
     ap.add_argument("--duration", type=int, help="seconds per measured run (full 8, smoke 2)")
     ap.add_argument("--rounds", type=int, help="alternating rounds (full 5, smoke 1)")
     ap.add_argument("--connections", type=int, default=64, help="connections per proxy target")
+    ap.add_argument("--store", choices=["postgres", "sqlite"], default="postgres",
+                    help="the gateway's store: PostgreSQL (DATABASE_URL's server) or a SQLite file in the run's temp dir")
     ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--login-connections", type=int, default=4)
     ap.add_argument("--refresh-connections", type=int, default=16)
@@ -133,6 +135,8 @@ def main(doc):
     # registers its own user).
     db_name = "portcullis_bench_smoke" if args.smoke else f"portcullis_bench_load_{os.getpid()}"
     db_url, admin_url = machine.db_urls(db_name)
+    if args.store == "sqlite":
+        db_url = f"sqlite://{os.path.join(tmp, 'bench.db')}"
     ctx = types.SimpleNamespace(
         args=args, mode=mode, binary=binary, tmp=tmp, out_dir=out_dir, procs=procs, notes=notes, db_url=db_url
     )
@@ -144,7 +148,7 @@ def main(doc):
         timer.cancel()
         t0 = time.monotonic()
         procs.stop_all()
-        if not args.smoke:
+        if not args.smoke and args.store == "postgres":
             machine.drop_database(admin_url, db_name)
         log(f"cleanup took {time.monotonic() - t0:.1f} s")
         lock.close()
@@ -203,9 +207,10 @@ def run(ctx):
         f.write(gateway.es256_public_pem(json.loads(jwks)))
     ctx.issuer, ctx.audience = gateway.ISSUER, gateway.AUDIENCE
 
-    ctx.wrong_role_token = gateway.wrong_role_token(gw, ctx.db_url, ctx.email)
+    ctx.wrong_role_token = gateway.wrong_role_token(gw, ctx.binary, ctx.email)
     if ctx.wrong_role_token is None:
-        notes.append("no token with a wrong role (psql missing?): the wrong-role checks were skipped")
+        notes.append("no token with a wrong role (user set-role failed): the wrong-role checks were skipped")
+    notes.append(f"store: {args.store}")
 
     # The gateway answers like the JWT peers must (peers/__init__.py verifies those the same way).
     ok, ctx.checks["protected"] = peers.verify(ctx, gw.port, jwt=True)

@@ -150,7 +150,8 @@ impl Postgres {
     /// Seals every stored secret under the ring's first key (`portcullis secrets rotate`), in
     /// one transaction: a value no key opens fails the whole run and nothing is written.
     pub(in crate::store) async fn reseal_secrets(&self) -> Result<Resealed, StoreError> {
-        let ring = self.shared.ring()?;
+        // No key ring, no rotation: fail before locking anything.
+        self.shared.ring()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let mut done = Resealed::default();
@@ -163,20 +164,15 @@ impl Postgres {
         for row in accounts {
             let url: String = row.try_get(0)?;
             let stored = unwrap_sealed_json(row.try_get(1)?);
-            if ring.is_current(&stored) {
-                done.current += 1;
+            let what = format!("the ACME account of {url}");
+            let Some(sealed) = self.shared.reseal(stored, &what, &mut done)? else {
                 continue;
-            }
-            let plain = self
-                .shared
-                .open_secret(stored, &format!("the ACME account of {url}"))?;
-            let sealed = self.shared.seal_secret(&plain)?;
+            };
             tx.execute(
                 "UPDATE acme_accounts SET credentials = to_jsonb($2::text) WHERE directory_url = $1",
                 &[&url, &sealed],
             )
             .await?;
-            done.resealed += 1;
         }
         let certs = tx
             .query(
@@ -187,21 +183,16 @@ impl Postgres {
         for row in certs {
             let domains: String = row.try_get(0)?;
             let stored: String = row.try_get(1)?;
-            if ring.is_current(&stored) {
-                done.current += 1;
+            let what = format!("the certificate key of {domains}");
+            let Some(sealed) = self.shared.reseal(stored, &what, &mut done)? else {
                 continue;
-            }
-            let plain = self
-                .shared
-                .open_secret(stored, &format!("the certificate key of {domains}"))?;
-            let sealed = self.shared.seal_secret(&plain)?;
+            };
             // updated_at is left alone: the certificate did not change, only its envelope.
             tx.execute(
                 "UPDATE acme_certificates SET key_pem = $2 WHERE domains = $1",
                 &[&domains, &sealed],
             )
             .await?;
-            done.resealed += 1;
         }
         tx.commit().await?;
         Ok(done)

@@ -35,7 +35,7 @@ impl Sqlite {
     ) -> Result<(), StoreError> {
         let sealed = self.shared.seal_secret(credentials)?;
         let url = directory_url.to_string();
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO acme_accounts (directory_url, credentials, created_at)
                  VALUES (?1, ?2, ?3) ON CONFLICT (directory_url) DO NOTHING",
@@ -53,7 +53,7 @@ impl Sqlite {
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
         let (token, key) = (token.to_string(), key_authorization.to_string());
-        self.run(move |c| {
+        self.write(move |c| {
             let expires = micros(Utc::now()).saturating_add(ttl_secs.saturating_mul(1_000_000));
             c.execute(
                 "INSERT INTO acme_challenges (token, key_authorization, expires_at)
@@ -151,7 +151,8 @@ impl Sqlite {
     }
 
     pub(in crate::store) async fn reseal_secrets(&self) -> Result<Resealed, StoreError> {
-        let ring = self.shared.ring()?;
+        // No key ring, no rotation: fail before taking the write lock.
+        self.shared.ring()?;
         let tx = self.begin().await?;
         let (accounts, certs) = tx
             .run(|c| {
@@ -169,27 +170,17 @@ impl Sqlite {
         let mut done = Resealed::default();
         let mut new_accounts = Vec::new();
         for (url, stored) in accounts {
-            if ring.is_current(&stored) {
-                done.current += 1;
-                continue;
+            let what = format!("the ACME account of {url}");
+            if let Some(sealed) = self.shared.reseal(stored, &what, &mut done)? {
+                new_accounts.push((url, sealed));
             }
-            let plain = self
-                .shared
-                .open_secret(stored, &format!("the ACME account of {url}"))?;
-            new_accounts.push((url, self.shared.seal_secret(&plain)?));
-            done.resealed += 1;
         }
         let mut new_keys = Vec::new();
         for (domains, stored) in certs {
-            if ring.is_current(&stored) {
-                done.current += 1;
-                continue;
+            let what = format!("the certificate key of {domains}");
+            if let Some(sealed) = self.shared.reseal(stored, &what, &mut done)? {
+                new_keys.push((domains, sealed));
             }
-            let plain = self
-                .shared
-                .open_secret(stored, &format!("the certificate key of {domains}"))?;
-            new_keys.push((domains, self.shared.seal_secret(&plain)?));
-            done.resealed += 1;
         }
         tx.run(move |c| {
             for (url, sealed) in &new_accounts {
@@ -223,7 +214,7 @@ impl Sqlite {
             cert.cert_pem.clone(),
             micros(cert.not_after),
         );
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO acme_certificates (domains, cert_pem, key_pem, not_after, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)
@@ -243,7 +234,7 @@ impl Sqlite {
         secs: i64,
     ) -> Result<bool, StoreError> {
         let domains = domains.to_string();
-        self.run(move |c| {
+        self.write(move |c| {
             let now = micros(Utc::now());
             let until = now.saturating_add(secs.saturating_mul(1_000_000));
             Ok(c.query_row(
@@ -265,7 +256,7 @@ impl Sqlite {
         domains: &str,
     ) -> Result<(), StoreError> {
         let domains = domains.to_string();
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE acme_leases SET locked_until = ?2 WHERE domains = ?1",
                 params![domains, micros(Utc::now())],

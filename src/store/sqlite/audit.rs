@@ -30,7 +30,7 @@ pub(super) fn insert(c: &Connection, e: &AuditEvent) -> Result<(), StoreError> {
 impl Sqlite {
     pub(in crate::store) async fn record_audit(&self, e: &AuditEvent) -> Result<(), StoreError> {
         let e = e.clone();
-        self.run(move |c| insert(c, &e)).await
+        self.write(move |c| insert(c, &e)).await
     }
 
     pub(in crate::store) async fn list_audit(
@@ -86,7 +86,7 @@ impl Sqlite {
         &self,
         cutoff: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        self.run(move |c| {
+        self.write(move |c| {
             Ok(c.execute("DELETE FROM audit_events WHERE time < ?1", [micros(cutoff)])? as u64)
         })
         .await

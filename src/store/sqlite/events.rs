@@ -43,34 +43,38 @@ impl Sqlite {
             ticker.tick().await;
             let after = last;
             let prune = pruned.elapsed() > Duration::from_secs(60);
-            let read = self
-                .run(move |c| {
-                    if prune {
-                        c.execute(
-                            "DELETE FROM revocation_log WHERE at < ?1",
-                            [micros(Utc::now() - KEEP)],
-                        )?;
-                    }
-                    let Some(after) = after else {
-                        let top: i64 = c.query_row(
-                            "SELECT coalesce(max(seq), 0) FROM revocation_log",
-                            [],
-                            |r| r.get(0),
-                        )?;
-                        return Ok((top, Vec::new()));
-                    };
-                    let mut stmt = c.prepare_cached(
-                        "SELECT seq, payload FROM revocation_log WHERE seq > ?1 ORDER BY seq",
+            let read = move |c: &mut rusqlite::Connection| {
+                if prune {
+                    c.execute(
+                        "DELETE FROM revocation_log WHERE at < ?1",
+                        [micros(Utc::now() - KEEP)],
                     )?;
-                    let rows = stmt
-                        .query_map([after], |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    let top = rows.last().map_or(after, |(seq, _)| *seq);
-                    Ok((top, rows))
-                })
-                .await;
+                }
+                let Some(after) = after else {
+                    let top: i64 = c.query_row(
+                        "SELECT coalesce(max(seq), 0) FROM revocation_log",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    return Ok((top, Vec::new()));
+                };
+                let mut stmt = c.prepare_cached(
+                    "SELECT seq, payload FROM revocation_log WHERE seq > ?1 ORDER BY seq",
+                )?;
+                let rows = stmt
+                    .query_map([after], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let top = rows.last().map_or(after, |(seq, _)| *seq);
+                Ok((top, rows))
+            };
+            // Pruning deletes: it waits its turn among this process's writers.
+            let read = if prune {
+                self.write(read).await
+            } else {
+                self.run(read).await
+            };
             if prune {
                 pruned = std::time::Instant::now();
             }

@@ -20,7 +20,7 @@ impl Sqlite {
         state: &OidcState,
     ) -> Result<(), StoreError> {
         let (hash, s) = (state_hash.to_vec(), state.clone());
-        self.run(move |c| {
+        self.write(move |c| {
             let now = micros(Utc::now());
             c.execute(
                 "DELETE FROM oidc_states WHERE created_at < ?1",
@@ -52,7 +52,7 @@ impl Sqlite {
     ) -> Result<Option<OidcState>, StoreError> {
         let hash = state_hash.to_vec();
         let row = self
-            .run(move |c| {
+            .write(move |c| {
                 Ok(c.query_row(
                     "DELETE FROM oidc_states WHERE state_hash = ?1
                      RETURNING provider, nonce, pkce_verifier, redirect_to, for_browser, created_at",
@@ -145,7 +145,7 @@ impl Sqlite {
         ttl_secs: i64,
     ) -> Result<(), StoreError> {
         let hash = code_hash.to_vec();
-        self.run(move |c| {
+        self.write(move |c| {
             let now = micros(Utc::now());
             c.execute(
                 "INSERT INTO oidc_login_codes (code_hash, user_id, expires_at, created_at)

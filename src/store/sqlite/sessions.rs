@@ -136,15 +136,7 @@ impl Sqlite {
         };
         if reuse {
             let event = on_reuse(user_id, sid);
-            let recorded = event.clone();
-            let revoked = tx
-                .run(move |c| {
-                    let revoked = revoke_session(c, sid)?;
-                    super::audit::insert(c, &recorded)?;
-                    Ok(revoked)
-                })
-                .await?;
-            tx.commit_revoking([revoked]).await?;
+            revoke_recorded(tx, sid, event.clone()).await?;
             return Ok(RefreshOutcome::Reused(Box::new(event)));
         }
         if p.used_at.is_none() {
@@ -203,15 +195,7 @@ impl Sqlite {
             return Ok(None);
         };
         let event = audit(user_id, sid);
-        let recorded = event.clone();
-        let revoked = tx
-            .run(move |c| {
-                let revoked = revoke_session(c, sid)?;
-                super::audit::insert(c, &recorded)?;
-                Ok(revoked)
-            })
-            .await?;
-        tx.commit_revoking([revoked]).await?;
+        revoke_recorded(tx, sid, event.clone()).await?;
         Ok(Some(event))
     }
 
@@ -266,15 +250,7 @@ impl Sqlite {
         let Some(owner) = owner else {
             return Ok(false);
         };
-        let event = audit(owner);
-        let revoked = tx
-            .run(move |c| {
-                let revoked = revoke_session(c, sid)?;
-                super::audit::insert(c, &event)?;
-                Ok(revoked)
-            })
-            .await?;
-        tx.commit_revoking([revoked]).await?;
+        revoke_recorded(tx, sid, audit(owner)).await?;
         Ok(true)
     }
 
@@ -349,6 +325,18 @@ impl Sqlite {
         })
         .await
     }
+}
+
+/// Ends `tx` by revoking one session with its audit event, and applies the revocation locally.
+async fn revoke_recorded(tx: super::Tx, sid: Uuid, event: AuditEvent) -> Result<(), StoreError> {
+    let revoked = tx
+        .run(move |c| {
+            let revoked = revoke_session(c, sid)?;
+            super::audit::insert(c, &event)?;
+            Ok(revoked)
+        })
+        .await?;
+    tx.commit_revoking([revoked]).await
 }
 
 /// Revokes one session and all its refresh tokens, and logs the revocation.

@@ -69,7 +69,7 @@ impl Sqlite {
     ) -> Result<User, StoreError> {
         let (email, canonical) = (email.to_string(), email_canonical.to_string());
         let hash = hashed_password.map(str::to_string);
-        self.run(move |c| insert_user(c, &email, &canonical, hash.as_deref(), role))
+        self.write(move |c| insert_user(c, &email, &canonical, hash.as_deref(), role))
             .await
     }
 
@@ -112,7 +112,7 @@ impl Sqlite {
         hash: &str,
     ) -> Result<(), StoreError> {
         let hash = hash.to_string();
-        self.run(move |c| {
+        self.write(move |c| {
             c.execute(
                 "UPDATE users SET hashed_password = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id, hash, micros(Utc::now())],
@@ -277,7 +277,7 @@ impl Sqlite {
         email_canonical: &str,
     ) -> Result<(), StoreError> {
         let canonical = email_canonical.to_string();
-        self.run(move |c| {
+        self.write(move |c| {
             let minute = minute_now();
             c.execute(
                 "INSERT INTO login_failures (email_canonical, window_start, failures)

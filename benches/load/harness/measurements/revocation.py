@@ -22,6 +22,11 @@ PEERS = False
 ESSENTIAL = False
 
 
+
+def wanted(args):
+    # Two instances on one database: PostgreSQL only (a SQLite file serves one instance).
+    return args.store == "postgres"
+
 def revocation_cache_counts(gw):
     """portcullis_revocation_cache_total{result} from an instance's /metrics, or None."""
     try:

@@ -6,9 +6,9 @@ them. One worker thread by default, ES256, rate limits off, RUST_LOG=warn.
 
 import base64
 import os
+import subprocess
 
 from ..client import API_PATH, PASSWORD, PUBLIC_PATH, login, request, wait_http
-from ..machine import psql
 from ..procs import free_port
 
 ISSUER = "portcullis"
@@ -85,6 +85,7 @@ class Gateway:
             env.pop("RUST_LOG", None)
         env["DATABASE_URL"] = db_url
         env.pop("PORTCULLIS_CONFIG", None)
+        self.env = env
         self.proc = procs.start(name, [binary, "--config", self.config, "serve"], cpu=cpu, env=env, cwd=tmp)
         self.pid = self.proc.pid  # taskset execs the binary: same pid
 
@@ -128,12 +129,19 @@ def targets(gw, auth_header, browser=True):
     return [t for t in all_targets if browser or t["name"] not in BROWSER_TARGETS]
 
 
-def wrong_role_token(gw, db_url, email):
+def wrong_role_token(gw, binary, email):
     """A valid token of a user whose role is `admin` (the protected route and the JWT peers
-    require `user`), or None when the role cannot be set (psql missing)."""
+    require `user`), made admin with the CLI beside the running gateway (either store), or None
+    when that fails."""
     admin = "admin-" + email
     st, _ = request(gw.port, "POST", "/auth/register", {"email": admin, "password": PASSWORD})
-    if st != 201 or not psql(db_url, f"UPDATE users SET role = 'admin' WHERE email = '{admin}'"):
+    if st != 201:
+        return None
+    r = subprocess.run(
+        [binary, "--config", gw.config, "user", "set-role", "--email", admin, "--role", "admin"],
+        capture_output=True, text=True, timeout=60, env=gw.env,
+    )
+    if r.returncode != 0:
         return None
     return login(gw.port, admin)["access_token"]
 
