@@ -56,6 +56,8 @@ fn routes(n: usize) -> Routes {
         forward_token: false,
         case_sensitive: false,
         websocket_idle_timeout_secs: 300,
+        mfa: false,
+        max_auth_age_secs: None,
     };
     let mut v: Vec<Route> = (0..n).map(|i| route(format!("/svc{i}/v1/"))).collect();
     v.push(route("/api/".into()));
@@ -72,7 +74,13 @@ fn verification(c: &mut Criterion) {
         Algorithm::HS256,
     ] {
         let svc = token_service(alg, dir.path());
-        let token = svc.issue(&user(), Uuid::new_v4()).expect("issue");
+        let token = svc
+            .issue(
+                &user(),
+                Uuid::new_v4(),
+                &portcullis::model::Authentication::password(),
+            )
+            .expect("issue");
         group.bench_function(format!("{}/cold", alg.as_str()), |b| {
             b.iter(|| svc.verify_uncached(black_box(&token)).expect("valid"))
         });
@@ -135,6 +143,7 @@ fn with_database(c: &mut Criterion) {
                 expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
                 user_agent: None,
                 ip: None,
+                auth: &portcullis::model::Authentication::password(),
             })
             .await
             .expect("session");
@@ -152,7 +161,9 @@ fn with_database(c: &mut Criterion) {
     });
 
     let authorizer = Authorizer::new(tokens.clone(), cache.clone(), OnDbError::Deny);
-    let token = tokens.issue(&user, sid).expect("issue");
+    let token = tokens
+        .issue(&user, sid, &portcullis::model::Authentication::password())
+        .expect("issue");
     let header = format!("Bearer {token}");
     let table = routes(10);
     c.bench_function("decision/protected_route", |b| {

@@ -156,6 +156,59 @@ impl AuditKind {
     }
 }
 
+/// How the user of a session proved who they are: what every access token of the session
+/// says in `auth_time`, `amr` and `acr`, and what a refresh keeps (it is not a new
+/// authentication). Routes that need a second factor or a recent sign-in read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authentication {
+    /// When the user authenticated (`auth_time`).
+    pub time: DateTime<Utc>,
+    /// The methods used, RFC 8176 values (`amr`): `pwd`, `otp`, `hwk`, `swk`, `user`, `mfa`.
+    pub methods: Vec<String>,
+}
+
+impl Authentication {
+    /// A password sign-in now.
+    pub fn password() -> Authentication {
+        Authentication {
+            time: Utc::now(),
+            methods: vec!["pwd".to_string()],
+        }
+    }
+
+    /// A sign-in at an external identity provider now: how it authenticated the user is the
+    /// provider's business, so no method is claimed (`amr` is empty, the level `aal1`).
+    pub fn federated() -> Authentication {
+        Authentication {
+            time: Utc::now(),
+            methods: Vec::new(),
+        }
+    }
+
+    /// The assurance level (`acr`): `aal2` with two distinct factors (or `mfa`), else `aal1`.
+    pub fn acr(&self) -> &'static str {
+        let factors = self.methods.iter().filter(|m| *m != "mfa").count();
+        if factors >= 2 || self.methods.iter().any(|m| m == "mfa") {
+            "aal2"
+        } else {
+            "aal1"
+        }
+    }
+
+    /// The methods as stored: space-separated.
+    pub fn methods_text(&self) -> String {
+        self.methods.join(" ")
+    }
+
+    /// Reads the stored form back.
+    pub fn from_stored(time: DateTime<Utc>, methods: &str) -> Authentication {
+        Authentication {
+            time,
+            methods: methods.split_whitespace().map(str::to_string).collect(),
+        }
+    }
+}
+
 /// One audit event to record. `detail` must never hold a secret (password, hash, token).
 #[derive(Debug, Clone)]
 pub struct AuditEvent {

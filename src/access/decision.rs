@@ -42,6 +42,9 @@ pub trait Verifier {
     fn authenticate(&self, token: &str) -> impl Future<Output = Result<Self::Identity, Denial>>;
     /// The role the identity holds now.
     fn role(identity: &Self::Identity) -> Role;
+    /// Whether the identity's session has a second factor (`acr` `aal2`), and when it
+    /// authenticated (unix seconds).
+    fn assurance(identity: &Self::Identity) -> (bool, i64);
 }
 
 impl Verifier for Authorizer {
@@ -53,6 +56,10 @@ impl Verifier for Authorizer {
 
     fn role(identity: &Authenticated) -> Role {
         identity.claims.role
+    }
+
+    fn assurance(identity: &Authenticated) -> (bool, i64) {
+        (identity.claims.acr == "aal2", identity.claims.auth_time)
     }
 }
 
@@ -138,9 +145,26 @@ pub async fn authorize<V: Verifier>(
             if !route.allows(V::role(&identity)) {
                 return Err(Denial::InsufficientRole);
             }
+            step_up(route, V::assurance(&identity), crate::tokens::now_secs())?;
             Ok(Some(identity))
         }
     }
+}
+
+/// The route's step-up rules against a session's assurance `(aal2, auth_time)` at `now`
+/// (unix seconds): a missing second factor or a sign-in older than `max_auth_age_secs` is
+/// the RFC 9470 refusal, naming every rule of the route.
+pub fn step_up(route: &RouteEntry, (aal2, auth_time): (bool, i64), now: i64) -> Result<(), Denial> {
+    let stale = route
+        .max_auth_age_secs
+        .is_some_and(|max| now.saturating_sub(auth_time) > i64::try_from(max).unwrap_or(i64::MAX));
+    if (route.mfa && !aal2) || stale {
+        return Err(Denial::StepUp {
+            acr: route.mfa,
+            max_age: route.max_auth_age_secs,
+        });
+    }
+    Ok(())
 }
 
 /// An offline caller: what `routes explain` and the admin listener can check without a
@@ -164,6 +188,11 @@ pub struct OfflineIdentity {
     /// `email` of a verified token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// `acr` of a verified token (`aal1` for `--role`).
+    pub acr: String,
+    /// `auth_time` of a verified token (now for `--role`).
+    #[serde(skip)]
+    pub auth_time: i64,
 }
 
 impl Verifier for Offline<'_> {
@@ -175,6 +204,8 @@ impl Verifier for Offline<'_> {
                 role: *role,
                 user_id: None,
                 email: None,
+                acr: "aal1".into(),
+                auth_time: crate::tokens::now_secs(),
             }),
             Offline::Tokens(tokens) => {
                 let claims = tokens.verify(token).map_err(Denial::InvalidToken)?;
@@ -182,6 +213,8 @@ impl Verifier for Offline<'_> {
                     role: claims.role,
                     user_id: Some(claims.sub),
                     email: Some(claims.email.clone()),
+                    acr: claims.acr.clone(),
+                    auth_time: claims.auth_time,
                 })
             }
         }
@@ -189,6 +222,10 @@ impl Verifier for Offline<'_> {
 
     fn role(identity: &OfflineIdentity) -> Role {
         identity.role
+    }
+
+    fn assurance(identity: &OfflineIdentity) -> (bool, i64) {
+        (identity.acr == "aal2", identity.auth_time)
     }
 }
 
@@ -251,6 +288,8 @@ mod tests {
             forward_token: false,
             case_sensitive: false,
             websocket_idle_timeout_secs: 300,
+            mfa: false,
+            max_auth_age_secs: None,
         }
     }
 
@@ -331,6 +370,27 @@ mod tests {
                 "{path}"
             );
         }
+    }
+
+    #[test]
+    fn step_up_names_every_rule_of_the_route_and_ages_by_whole_seconds() {
+        let mut r = route("/x/", AuthMode::Required, &[]);
+        r.mfa = true;
+        r.max_auth_age_secs = Some(60);
+        let entry = Routes::new(&[r]).iter().next().unwrap().clone();
+        let refused = Err(Denial::StepUp {
+            acr: true,
+            max_age: Some(60),
+        });
+        assert_eq!(step_up(&entry, (false, 1_000), 1_000), refused);
+        assert_eq!(step_up(&entry, (true, 1_000), 1_060), Ok(()));
+        assert_eq!(step_up(&entry, (true, 1_000), 1_061), refused);
+        // A token from before auth_time existed (0) is never fresh; a far-future one is.
+        assert_eq!(step_up(&entry, (true, 0), 1_000), refused);
+        assert_eq!(step_up(&entry, (true, i64::MAX), i64::MIN), Ok(()));
+        let plain = Routes::new(&[route("/y/", AuthMode::Required, &[])]);
+        let plain = plain.iter().next().unwrap();
+        assert_eq!(step_up(plain, (false, 0), i64::MAX), Ok(()));
     }
 
     #[test]

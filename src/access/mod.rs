@@ -32,6 +32,14 @@ pub enum Denial {
     Revoked,
     /// 403 `insufficient_scope`.
     InsufficientRole,
+    /// 401 `insufficient_user_authentication` (RFC 9470): the route needs a second factor
+    /// (`acr`) or a more recent sign-in (`max_age`) than the token's session has.
+    StepUp {
+        /// The route needs `aal2` (`acr_values="aal2"` in the challenge).
+        acr: bool,
+        /// The route's `max_auth_age_secs` (`max_age=N` in the challenge).
+        max_age: Option<u64>,
+    },
     /// 503: the revocation status is unknown and `on_db_error = "deny"`.
     Unavailable,
     /// 400: more than one Authorization header.
@@ -46,6 +54,7 @@ impl Denial {
             Denial::InvalidToken(_) => "invalid_token",
             Denial::Revoked => "revoked",
             Denial::InsufficientRole => "insufficient_role",
+            Denial::StepUp { .. } => "insufficient_user_authentication",
             Denial::Unavailable => "unavailable",
             Denial::AmbiguousAuthorization => "bad_request",
         }
@@ -54,7 +63,10 @@ impl Denial {
     /// The HTTP status the proxy answers with (`proxy::respond` writes it).
     pub fn status(&self) -> u16 {
         match self {
-            Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked => 401,
+            Denial::MissingToken
+            | Denial::InvalidToken(_)
+            | Denial::Revoked
+            | Denial::StepUp { .. } => 401,
             Denial::InsufficientRole => 403,
             Denial::Unavailable => 503,
             Denial::AmbiguousAuthorization => 400,

@@ -37,6 +37,10 @@ pub struct RouteEntry {
     pub forward_token: bool,
     /// Idle timeout of a WebSocket tunnel on this route.
     pub websocket_idle_timeout: std::time::Duration,
+    /// A second factor (`acr` `aal2`) is required.
+    pub mfa: bool,
+    /// The caller's authentication may be at most this old (seconds).
+    pub max_auth_age_secs: Option<u64>,
     /// The proxy's request counters for this route, resolved on its first request so that
     /// counting never hashes label values (a reload builds new routes, fresh handles to the
     /// same series).
@@ -153,6 +157,8 @@ impl Routes {
                     websocket_idle_timeout: std::time::Duration::from_secs(
                         r.websocket_idle_timeout_secs,
                     ),
+                    mfa: r.mfa,
+                    max_auth_age_secs: r.max_auth_age_secs,
                     requests: OnceLock::new(),
                 })
             })
@@ -245,6 +251,8 @@ mod tests {
             forward_token: false,
             case_sensitive: false,
             websocket_idle_timeout_secs: 300,
+            mfa: false,
+            max_auth_age_secs: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct RouteView {
     pub forward_token: bool,
     /// The prefix matches byte for byte instead of ignoring ASCII case.
     pub case_sensitive: bool,
+    /// A second factor (`acr` `aal2`) is required.
+    pub mfa: bool,
+    /// The caller's sign-in may be at most this old (seconds).
+    pub max_auth_age_secs: Option<u64>,
 }
 
 fn auth_name(auth: AuthMode) -> &'static str {
@@ -61,6 +65,8 @@ impl RouteView {
             strip_prefix: entry.strip_prefix,
             forward_token: entry.forward_token,
             case_sensitive: entry.case_sensitive,
+            mfa: entry.mfa,
+            max_auth_age_secs: entry.max_auth_age_secs,
         }
     }
 }
@@ -387,6 +393,16 @@ pub async fn explain(
                 let roles: Vec<&str> = route.roles.iter().map(|r| r.as_str()).collect();
                 format!("route {} allows roles [{}]", route.prefix, roles.join(", "))
             }
+            super::Denial::StepUp { acr, max_age } => {
+                let mut rules = Vec::new();
+                if *acr {
+                    rules.push("a second factor (acr aal2)".to_string());
+                }
+                if let Some(max) = max_age {
+                    rules.push(format!("a sign-in at most {max} s old"));
+                }
+                format!("route {} needs {}", route.prefix, rules.join(" and "))
+            }
             other => format!("refused: {}", other.reason()),
         },
         Decision::Forward {
@@ -427,6 +443,8 @@ mod tests {
             forward_token: false,
             case_sensitive: false,
             websocket_idle_timeout_secs: 300,
+            mfa: false,
+            max_auth_age_secs: None,
         }
     }
 

@@ -18,7 +18,7 @@ use super::oidc::{OidcError, OidcService};
 use super::password::Hasher;
 use super::{AuthError, email};
 use crate::config::{Config, Passwords, RateLimit};
-use crate::model::{AuditKind, AuditRecord, Role, SessionInfo, User};
+use crate::model::{AuditKind, AuditRecord, Authentication, Role, SessionInfo, User};
 use crate::store::{
     AdminUpdate, AuditQuery, NewSession, RefreshOutcome, Store, StoreError, Successor,
 };
@@ -187,7 +187,9 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<TokenPair, AuthError> {
         let user_id = user.id;
-        let pair = self.open_session(user, client).await?;
+        let pair = self
+            .open_session(user, client, Authentication::federated())
+            .await?;
         let me = Some(user_id);
         self.audit(
             AuditKind::LoginOk,
@@ -328,7 +330,9 @@ impl AuthService {
             }
         }
         let user_id = stored.user.id;
-        let pair = self.open_session(stored.user, client).await?;
+        let pair = self
+            .open_session(stored.user, client, Authentication::password())
+            .await?;
         self.audit(
             AuditKind::LoginOk,
             Some(user_id),
@@ -340,11 +344,12 @@ impl AuthService {
         Ok(pair)
     }
 
-    /// Opens a new session (token family) for an authenticated user.
+    /// Opens a new session (token family) for a user who just authenticated as `auth` says.
     pub async fn open_session(
         &self,
         user: User,
         client: &ClientInfo,
+        auth: Authentication,
     ) -> Result<TokenPair, AuthError> {
         let refresh_token = B64.encode(rand::random::<[u8; 32]>());
         let secret: [u8; 32] = rand::random();
@@ -358,9 +363,10 @@ impl AuthService {
                 expires_at,
                 user_agent: client.user_agent.as_deref(),
                 ip: client.ip,
+                auth: &auth,
             })
             .await?;
-        self.pair(user, sid, refresh_token, expires_at)
+        self.pair(user, sid, refresh_token, expires_at, &auth)
     }
 
     fn pair(
@@ -369,10 +375,11 @@ impl AuthService {
         sid: Uuid,
         refresh_token: String,
         expires_at: DateTime<Utc>,
+        auth: &Authentication,
     ) -> Result<TokenPair, AuthError> {
         let access_token = self
             .tokens
-            .issue(&user, sid)
+            .issue(&user, sid, auth)
             .map_err(|e| AuthError::Internal(format!("signing failed: {e}")))?;
         Ok(TokenPair {
             access_token,
@@ -409,8 +416,9 @@ impl AuthService {
                 session_id,
                 successor,
                 expires_at,
+                auth,
             } => RefreshResult::Ok(Box::new(
-                self.pair(user, session_id, successor, expires_at)?,
+                self.pair(user, session_id, successor, expires_at, &auth)?,
             )),
             RefreshOutcome::Invalid => RefreshResult::Invalid,
             RefreshOutcome::Reused(event) => {

@@ -128,13 +128,19 @@ fn token_service(config: &Config) -> anyhow::Result<TokenService> {
 fn flags(r: &RouteView) -> String {
     let mut f = Vec::new();
     if r.strip_prefix {
-        f.push("strip_prefix");
+        f.push("strip_prefix".to_string());
     }
     if r.forward_token {
-        f.push("forward_token");
+        f.push("forward_token".to_string());
     }
     if r.case_sensitive {
-        f.push("case_sensitive");
+        f.push("case_sensitive".to_string());
+    }
+    if r.mfa {
+        f.push("mfa".to_string());
+    }
+    if let Some(max) = r.max_auth_age_secs {
+        f.push(format!("max_auth_age_secs={max}"));
     }
     if f.is_empty() {
         "-".into()

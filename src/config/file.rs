@@ -582,6 +582,12 @@ pub struct Route {
     /// A WebSocket tunnel on this route closes after this long without traffic.
     #[serde(default = "default_websocket_idle_timeout_secs")]
     pub websocket_idle_timeout_secs: u64,
+    /// Only tokens of a session authenticated with a second factor (`acr` `aal2`) pass.
+    #[serde(default)]
+    pub mfa: bool,
+    /// Only tokens whose authentication (`auth_time`) is at most this old pass.
+    #[serde(default)]
+    pub max_auth_age_secs: Option<u64>,
 }
 
 fn default_websocket_idle_timeout_secs() -> u64 {

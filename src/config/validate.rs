@@ -357,6 +357,20 @@ pub(super) fn validate(config: &Config, text: &str) -> Vec<Problem> {
         if route.websocket_idle_timeout_secs == 0 {
             r.add(&at("websocket_idle_timeout_secs"), "must be at least 1");
         }
+        if route.max_auth_age_secs == Some(0) {
+            r.add(&at("max_auth_age_secs"), "must be at least 1");
+        }
+        if route.auth != AuthMode::Required && (route.mfa || route.max_auth_age_secs.is_some()) {
+            let key = if route.mfa {
+                "mfa"
+            } else {
+                "max_auth_age_secs"
+            };
+            r.add(
+                &at(key),
+                "needs auth = \"required\" (a step-up rule applies to a signed-in caller)",
+            );
+        }
         if !names.contains(route.upstream.as_str()) {
             r.add(
                 &at("upstream"),

@@ -680,6 +680,9 @@ mod tests {
             nbf: 0,
             exp: 0,
             email: "e@x.io".into(),
+            acr: "aal1".into(),
+            amr: vec!["pwd".into()],
+            auth_time: 0,
         };
         f.rewrite(&mut req, Some(&claims), &rid(), None, false, false)
             .unwrap();

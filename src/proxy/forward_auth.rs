@@ -110,7 +110,10 @@ pub async fn handle(shared: &Shared, session: &mut Session, ctx: &mut Ctx, path:
                 && live.cookies.is_some()
                 && matches!(
                     denial,
-                    Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked
+                    Denial::MissingToken
+                        | Denial::InvalidToken(_)
+                        | Denial::Revoked
+                        | Denial::StepUp { .. }
                 );
             if sign_in {
                 let rd = format!("{proto}://{}{uri}", host.as_deref().unwrap_or_default());

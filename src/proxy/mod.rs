@@ -856,11 +856,12 @@ pub(crate) fn client_info(session: &Session, ctx: &Ctx) -> crate::auth::ClientIn
     }
 }
 
-/// Whether a refusal means "no usable credential" (a browser is then sent to sign in).
+/// Whether a refusal means "sign in (again)": no usable credential, or a session without the
+/// second factor or the recent sign-in the route needs (a browser is then sent to sign in).
 fn is_no_credential(denial: Denial) -> bool {
     matches!(
         denial,
-        Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked
+        Denial::MissingToken | Denial::InvalidToken(_) | Denial::Revoked | Denial::StepUp { .. }
     )
 }
 

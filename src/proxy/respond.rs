@@ -134,6 +134,28 @@ impl From<Denial> for ApiError {
                 "your role does not allow this request",
             )
             .with("WWW-Authenticate", INSUFFICIENT_SCOPE),
+            Denial::StepUp { acr, max_age } => {
+                let (message, mut challenge) = if acr {
+                    (
+                        "this route needs a sign-in with a second factor",
+                        String::from(
+                            "Bearer error=\"insufficient_user_authentication\", error_description=\"A second factor is required\", acr_values=\"aal2\"",
+                        ),
+                    )
+                } else {
+                    (
+                        "this route needs a more recent sign-in",
+                        String::from(
+                            "Bearer error=\"insufficient_user_authentication\", error_description=\"A more recent sign-in is required\"",
+                        ),
+                    )
+                };
+                if let Some(max) = max_age {
+                    challenge.push_str(&format!(", max_age={max}"));
+                }
+                Self::new(d.status(), "insufficient_user_authentication", message)
+                    .with("WWW-Authenticate", challenge)
+            }
             Denial::Unavailable => Self::unavailable(),
             Denial::AmbiguousAuthorization => {
                 Self::bad_request("the request has more than one Authorization header")

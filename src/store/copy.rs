@@ -66,6 +66,8 @@ const TABLES: &[Table] = &[
             ("revoked_at", Time),
             ("user_agent", Text),
             ("ip", Inet),
+            ("auth_time", Time),
+            ("amr", Text),
         ],
     },
     Table {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::model::{AuditEvent, Role, User};
+use crate::model::{AuditEvent, Authentication, Role, User};
 
 /// A user together with the stored password hash (never leaves the auth layer).
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub struct NewSession<'a> {
     pub user_agent: Option<&'a str>,
     /// Client IP of the login request.
     pub ip: Option<IpAddr>,
+    /// How the user authenticated: every access token of the session carries it.
+    pub auth: &'a Authentication,
 }
 
 /// A successor refresh token, derived by the caller from the session secret.
@@ -76,6 +78,8 @@ pub enum RefreshOutcome {
         successor: String,
         /// Absolute end of the session.
         expires_at: DateTime<Utc>,
+        /// The session's authentication (kept: a refresh is not a new authentication).
+        auth: Authentication,
     },
     /// Unknown, expired, revoked, or the owner is inactive.
     Invalid,

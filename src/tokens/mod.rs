@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub use keys::{KeyError, KeySet, generate_key};
 
 use crate::config::{Algorithm, Tokens};
-use crate::model::{Role, User};
+use crate::model::{Authentication, Role, User};
 
 /// The claims of an access token (docs/api.md, "Access token").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,21 @@ pub struct Claims {
     pub exp: i64,
     /// Email at issue time.
     pub email: String,
+    /// Assurance level of the session's authentication, `aal1` or `aal2` (absent in tokens
+    /// issued before it existed: `aal1`).
+    #[serde(default = "aal1")]
+    pub acr: String,
+    /// Authentication methods (RFC 8176).
+    #[serde(default)]
+    pub amr: Vec<String>,
+    /// When the user authenticated (unix seconds; 0 when the token predates the claim, which
+    /// no freshness rule accepts).
+    #[serde(default)]
+    pub auth_time: i64,
+}
+
+fn aal1() -> String {
+    "aal1".to_string()
 }
 
 /// Why a token was refused; the reason is for logs and metrics only — every variant is the
@@ -155,8 +170,13 @@ impl TokenService {
         self.config.access_ttl_secs
     }
 
-    /// Signs an access token for `user` in session `sid`.
-    pub fn issue(&self, user: &User, sid: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
+    /// Signs an access token for `user` in session `sid`, authenticated as `auth` says.
+    pub fn issue(
+        &self,
+        user: &User,
+        sid: Uuid,
+        auth: &Authentication,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let keys = self.keys.load();
         let now = now_secs();
         let claims = Claims {
@@ -170,6 +190,9 @@ impl TokenService {
             nbf: now,
             exp: now + self.config.access_ttl_secs as i64,
             email: user.email.clone(),
+            acr: auth.acr().to_string(),
+            amr: auth.methods.clone(),
+            auth_time: auth.time.timestamp(),
         };
         let mut header = Header::new(jwt_algorithm(keys.algorithm));
         header.typ = Some("at+jwt".to_string());

@@ -43,7 +43,7 @@ fn every_algorithm_issues_tokens_that_verify() {
         let (svc, _dir) = service(alg);
         let u = user();
         let sid = Uuid::new_v4();
-        let token = svc.issue(&u, sid).unwrap();
+        let token = svc.issue(&u, sid, &Authentication::password()).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
         assert_eq!(
@@ -61,7 +61,10 @@ fn every_algorithm_issues_tokens_that_verify() {
 fn alg_none_and_a_foreign_algorithm_are_rejected() {
     let (svc, _dir) = service(Algorithm::EdDSA);
     let claims = svc
-        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .verify(
+            &svc.issue(&user(), Uuid::new_v4(), &Authentication::password())
+                .unwrap(),
+        )
         .unwrap();
     let c = B64.encode(serde_json::to_string(&*claims).unwrap());
     for alg in ["none", "None", "NONE"] {
@@ -81,7 +84,10 @@ fn alg_none_and_a_foreign_algorithm_are_rejected() {
 fn unknown_kids_and_embedded_keys_are_rejected() {
     let (svc, _dir) = service(Algorithm::EdDSA);
     let claims = svc
-        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .verify(
+            &svc.issue(&user(), Uuid::new_v4(), &Authentication::password())
+                .unwrap(),
+        )
         .unwrap();
     let kid = svc.keys.load().signing_kid.clone();
     let t = forge(
@@ -130,7 +136,10 @@ fn time_claims_are_checked_with_the_leeway() {
     let kid = svc.keys.load().signing_kid.clone();
     let header = serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":kid});
     let base = (*svc
-        .verify(&svc.issue(&user(), Uuid::new_v4()).unwrap())
+        .verify(
+            &svc.issue(&user(), Uuid::new_v4(), &Authentication::password())
+                .unwrap(),
+        )
         .unwrap())
     .clone();
     let now = now_secs();
@@ -184,7 +193,9 @@ fn time_claims_are_checked_with_the_leeway() {
 #[test]
 fn a_tampered_signature_is_rejected() {
     let (svc, _dir) = service(Algorithm::ES256);
-    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let token = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     let mut parts: Vec<String> = token.split('.').map(String::from).collect();
     let mut sig = B64.decode(&parts[2]).unwrap();
     sig[5] ^= 1;
@@ -196,13 +207,17 @@ fn a_tampered_signature_is_rejected() {
 fn rotation_keeps_old_tokens_valid_and_signs_with_the_new_key() {
     let (svc, dir) = service(Algorithm::EdDSA);
     let old_kid = svc.keys.load().signing_kid.clone();
-    let old = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let old = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     let (new_kid, _) = generate_key(dir.path(), Algorithm::EdDSA).unwrap();
     svc.reload().unwrap();
     assert_eq!(svc.keys.load().signing_kid, new_kid);
     assert_ne!(old_kid, new_kid);
     assert!(svc.verify(&old).is_ok());
-    let new = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let new = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     assert_eq!(
         jsonwebtoken::decode_header(&new).unwrap().kid,
         Some(new_kid)
@@ -230,7 +245,9 @@ fn hs256_tokens_carry_a_kid_and_need_a_long_secret() {
         Err(KeyError::Secret(_))
     ));
     let svc = TokenService::new(&cfg("PORTCULLIS_TEST_HS_LONG")).unwrap();
-    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let token = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     assert!(jsonwebtoken::decode_header(&token).unwrap().kid.is_some());
     assert!(svc.verify(&token).is_ok());
     assert_eq!(svc.jwks()["keys"].as_array().unwrap().len(), 0);
@@ -271,7 +288,9 @@ fn a_new_keys_dir_is_owner_only_and_shared_writable_keys_are_refused() {
 #[test]
 fn a_cached_verification_never_skips_the_time_checks() {
     let (svc, _dir) = service(Algorithm::EdDSA);
-    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let token = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     let claims = svc.verify(&token).unwrap();
     let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
     assert!(
@@ -309,7 +328,9 @@ fn a_cached_verification_never_skips_the_time_checks() {
 #[test]
 fn an_uncached_verification_checks_every_time_claim_at_the_given_time() {
     let (svc, _dir) = service(Algorithm::EdDSA);
-    let token = svc.issue(&user(), Uuid::new_v4()).unwrap();
+    let token = svc
+        .issue(&user(), Uuid::new_v4(), &Authentication::password())
+        .unwrap();
     let claims = svc.verify_uncached(&token).unwrap();
     let leeway = svc.config.leeway_secs as i64;
     assert_eq!(

@@ -32,6 +32,7 @@ mod logs;
 mod oidc;
 mod operators;
 mod proxy;
+mod step_up;
 mod store;
 mod tls;
 mod upstream_faults;

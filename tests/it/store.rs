@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{Duration as Age, Utc};
-use portcullis::model::{AuditEvent, AuditKind, Role};
+use portcullis::model::{AuditEvent, AuditKind, Authentication, Role};
 use portcullis::store::{
     AdminUpdate, AdminUpdateOutcome, AuditQuery, NewSession, OidcState, RefreshOutcome,
     RevocationEvent, Store, StoreError, Successor,
@@ -55,6 +55,7 @@ async fn session(store: &Store, user: Uuid, first: &str) -> Uuid {
             expires_at: Utc::now() + Age::days(1),
             user_agent: Some("ua"),
             ip: Some("127.0.0.1".parse().unwrap()),
+            auth: &Authentication::password(),
         })
         .await
         .unwrap()

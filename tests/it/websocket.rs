@@ -495,6 +495,7 @@ async fn a_tunnel_whose_session_was_revoked_after_authorization_is_not_opened() 
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
             user_agent: None,
             ip: None,
+            auth: &portcullis::model::Authentication::password(),
         })
         .await
         .unwrap();
@@ -508,7 +509,9 @@ async fn a_tunnel_whose_session_was_revoked_after_authorization_is_not_opened() 
     );
     let cache = Arc::new(RevocationCache::new(store, 100, Duration::from_secs(30)));
     let authorizer = Authorizer::new(tokens.clone(), cache, OnDbError::Deny);
-    let token = tokens.issue(&user, sid).unwrap();
+    let token = tokens
+        .issue(&user, sid, &portcullis::model::Authentication::password())
+        .unwrap();
 
     // Authorized (the status is now cached as live)…
     let claims = authorizer.authenticate(&token).await.unwrap().claims;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
 use super::{Postgres, notify};
-use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus};
+use crate::model::{AuditEvent, Authentication, Role, SessionInfo, SessionStatus};
 use crate::store::{NewSession, RefreshOutcome, RevocationEvent, StoreError, Successor};
 
 impl Postgres {
@@ -19,8 +19,8 @@ impl Postgres {
         let sid = Uuid::new_v4();
         let ip = new.ip.map(|ip| ip.to_string());
         tx.execute(
-            "INSERT INTO sessions (id, user_id, secret, expires_at, user_agent, ip)
-             VALUES ($1, $2, $3, $4, $5, $6::text::inet)",
+            "INSERT INTO sessions (id, user_id, secret, expires_at, user_agent, ip, auth_time, amr)
+             VALUES ($1, $2, $3, $4, $5, $6::text::inet, $7, $8)",
             &[
                 &sid,
                 &new.user_id,
@@ -28,6 +28,8 @@ impl Postgres {
                 &new.expires_at,
                 &new.user_agent,
                 &ip,
+                &new.auth.time,
+                &new.auth.methods_text(),
             ],
         )
         .await?;
@@ -65,7 +67,7 @@ impl Postgres {
                 "SELECT rt.id AS token_id, rt.token_family, rt.used_at, rt.replaced_by,
                         rt.revoked_at IS NOT NULL AS token_revoked, rt.expires_at AS token_expires,
                         s.secret, s.revoked_at IS NOT NULL AS session_revoked,
-                        s.expires_at AS session_expires, now() AS now,
+                        s.expires_at AS session_expires, s.auth_time, s.amr, now() AS now,
                         u.id, u.email, u.role::text AS role, u.is_active, u.created_at
                  FROM refresh_tokens rt
                  JOIN sessions s ON s.id = rt.token_family
@@ -82,6 +84,8 @@ impl Postgres {
         let token_expires: DateTime<Utc> = row.try_get("token_expires")?;
         let session_expires: DateTime<Utc> = row.try_get("session_expires")?;
         let user = super::users::user_from_row(&row)?;
+        let amr: String = row.try_get("amr")?;
+        let auth = Authentication::from_stored(row.try_get("auth_time")?, &amr);
         if row.try_get::<_, bool>("token_revoked")?
             || row.try_get::<_, bool>("session_revoked")?
             || token_expires <= now
@@ -156,6 +160,7 @@ impl Postgres {
             session_id: sid,
             successor: successor.token,
             expires_at: session_expires,
+            auth,
         })
     }
 

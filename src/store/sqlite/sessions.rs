@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{Sqlite, events, micros, time};
-use crate::model::{AuditEvent, Role, SessionInfo, SessionStatus, User};
+use crate::model::{AuditEvent, Authentication, Role, SessionInfo, SessionStatus, User};
 use crate::store::{NewSession, RefreshOutcome, RevocationEvent, StoreError, Successor};
 
 /// What the rotation reads about a presented token, its session and its owner.
@@ -20,6 +20,7 @@ struct Presented {
     session_revoked: bool,
     session_expires: i64,
     user: User,
+    auth: Authentication,
 }
 
 impl Sqlite {
@@ -32,14 +33,17 @@ impl Sqlite {
         let expires = micros(new.expires_at);
         let user_agent = new.user_agent.map(str::to_string);
         let ip = new.ip.map(|ip| ip.to_string());
+        let (auth_time, amr) = (micros(new.auth.time), new.auth.methods_text());
         let tx = self.begin().await?;
         tx.run(move |c| {
             let now = micros(Utc::now());
             c.execute(
-                "INSERT INTO sessions
-                   (id, user_id, secret, created_at, last_used_at, expires_at, user_agent, ip)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
-                params![sid, user_id, secret, now, expires, user_agent, ip],
+                "INSERT INTO sessions (id, user_id, secret, created_at, last_used_at, expires_at,
+                                       user_agent, ip, auth_time, amr)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    sid, user_id, secret, now, expires, user_agent, ip, auth_time, amr
+                ],
             )?;
             c.execute(
                 "INSERT INTO refresh_tokens
@@ -70,7 +74,7 @@ impl Sqlite {
                 Ok(c.query_row(
                     "SELECT rt.id, rt.token_family, rt.used_at, rt.revoked_at IS NOT NULL,
                             rt.expires_at, s.secret, s.revoked_at IS NOT NULL, s.expires_at,
-                            u.id, u.email, u.role, u.is_active, u.created_at
+                            u.id, u.email, u.role, u.is_active, u.created_at, s.auth_time, s.amr
                      FROM refresh_tokens rt
                      JOIN sessions s ON s.id = rt.token_family
                      JOIN users u ON u.id = rt.user_id
@@ -87,6 +91,10 @@ impl Sqlite {
                             session_revoked: r.get(6)?,
                             session_expires: r.get(7)?,
                             user: super::users::user_at(r, 8)?,
+                            auth: Authentication::from_stored(
+                                time(r.get(13)?)?,
+                                &r.get::<_, String>(14)?,
+                            ),
                         })
                     },
                 )
@@ -171,6 +179,7 @@ impl Sqlite {
             session_id: sid,
             successor: successor.token,
             expires_at: time(session_expires)?,
+            auth: p.auth,
         })
     }
 
