@@ -205,3 +205,52 @@ async fn the_file_is_in_wal_mode_and_the_lock_file_names_the_serving_process() {
     gw.restart().await;
     assert_eq!(gw.get("/public/x", None).await.status(), 200);
 }
+
+#[tokio::test]
+async fn serve_upgrade_takes_the_file_over_from_the_instance_it_replaces() {
+    let echo = Echo::start().await;
+    let mut gw = Gateway::start(Options::new(echo.addr)).await;
+    let pair = gw.user("upgrade@x.io").await;
+    let old = gw.pid();
+    // The new process starts while the old one still holds the lock, then takes it.
+    assert_eq!(gw.upgrade(), Some(0));
+    let new = gw.pid();
+    assert_ne!(new, old);
+    let lock = format!("{}.lock", sqlite_path(&gw.db_url).display());
+    let took = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&lock).is_ok_and(|pid| pid.trim() == new.to_string())
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the new process never held the lock; log:\n{}",
+        gw.log()
+    );
+    // It serves the same data (on a new connection: the old process closed its own), and a
+    // further serve is refused in its name.
+    let token = pair["access_token"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .get(gw.url("/api/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let opts = Options::new(echo.addr);
+    std::fs::write(
+        &config,
+        config_text(&opts, free_port(), free_port(), &gw.db_url, &gw.keys_dir),
+    )
+    .unwrap();
+    let third = Command::new(bin())
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(third.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(err.contains(&format!("pid {new}")), "{err}");
+}
