@@ -253,11 +253,6 @@ impl Store {
         &self.url
     }
 
-    /// Whether this is the embedded store (one instance only).
-    pub fn is_embedded(&self) -> bool {
-        matches!(self.backend, Backend::Sqlite(_))
-    }
-
     /// Makes this process the database's one gateway when the store is the embedded one (see
     /// `sqlite::Sqlite::claim_instance`); PostgreSQL serves any number of instances.
     pub fn claim_instance(&self, upgrade: bool) -> Result<(), StoreError> {

@@ -219,11 +219,6 @@ impl Sqlite {
         }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Makes this process the file's one gateway: an exclusive lock on `<file>.lock`, held
     /// until the process exits. Another `serve` on the same file is refused, naming the
     /// holder's pid. With `upgrade` (a binary upgrade taking the listeners over), the lock is
