@@ -51,15 +51,7 @@ async fn a_sqlite_instance_moves_to_postgresql_and_back_with_its_tokens_still_va
     let admin = gw.admin_user("root@x.io").await;
     let pair = gw.user("mover@x.io").await;
     // A rotation (a refresh-token chain with replaced_by) and a revoked session.
-    let rotated: Value = gw
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rotated: Value = gw.refresh(&pair).await.json().await.unwrap();
     let gone = gw.login("mover@x.io", "password-123").await;
     let r = gw
         .post(
@@ -97,20 +89,10 @@ async fn a_sqlite_instance_moves_to_postgresql_and_back_with_its_tokens_still_va
     assert_eq!(moved.get("/api/x", Some(access)).await.status(), 200);
     let gone_access = gone["access_token"].as_str().unwrap();
     assert_eq!(moved.get("/api/x", Some(gone_access)).await.status(), 401);
-    let next = moved
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": rotated["refresh_token"] }),
-        )
-        .await;
+    let next = moved.refresh(&rotated).await;
     assert_eq!(next.status(), 200);
     // The spent parent is recognised as spent (its replaced_by link came along): theft.
-    let replay = moved
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await;
+    let replay = moved.refresh(&pair).await;
     assert_eq!(replay.status(), 401);
     moved.login("mover@x.io", "password-123").await;
     let users = moved

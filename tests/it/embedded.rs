@@ -9,11 +9,9 @@ use serde_json::json;
 
 use crate::harness::*;
 
-#[tokio::test]
-async fn a_second_serve_on_the_same_file_refuses_to_start_and_names_postgresql() {
-    let echo = Echo::start().await;
-    let gw = Gateway::start(Options::new(echo.addr)).await;
-    // Same file, other ports: the lock, not a busy port, is what stops it.
+/// A `serve` on `gw`'s file from another directory and other ports (so the lock, not a busy
+/// port, is what stops it), run to its exit.
+fn another_serve(gw: &Gateway, echo: &Echo) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let opts = Options::new(echo.addr);
@@ -22,12 +20,19 @@ async fn a_second_serve_on_the_same_file_refuses_to_start_and_names_postgresql()
         config_text(&opts, free_port(), free_port(), &gw.db_url, &gw.keys_dir),
     )
     .unwrap();
-    let second = Command::new(bin())
+    Command::new(bin())
         .args(["--config", config.to_str().unwrap(), "serve"])
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_file_refuses_to_start_and_names_postgresql() {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(Options::new(echo.addr)).await;
+    let second = another_serve(&gw, &echo);
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -55,15 +60,7 @@ async fn a_kill_9_right_after_the_answer_loses_no_write() {
     let mut gw = Gateway::start(Options::new(echo.addr)).await;
     let pair = gw.user("durable@x.io").await;
     // A rotation answered, then the process killed at once: the rotation must have stuck.
-    let rotated: serde_json::Value = gw
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let rotated: serde_json::Value = gw.refresh(&pair).await.json().await.unwrap();
     let r = gw
         .post(
             "/auth/register",
@@ -84,12 +81,7 @@ async fn a_kill_9_right_after_the_answer_loses_no_write() {
         200,
         "the access token issued before the crash"
     );
-    let again = gw
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": rotated["refresh_token"] }),
-        )
-        .await;
+    let again = gw.refresh(&rotated).await;
     assert_eq!(again.status(), 200);
     let db = Db::open(&gw.db_url).await;
     let users = db.one("SELECT count(*) FROM users", &[]).await.int();
@@ -236,20 +228,7 @@ async fn serve_upgrade_takes_the_file_over_from_the_instance_it_replaces() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
-    let opts = Options::new(echo.addr);
-    std::fs::write(
-        &config,
-        config_text(&opts, free_port(), free_port(), &gw.db_url, &gw.keys_dir),
-    )
-    .unwrap();
-    let third = Command::new(bin())
-        .args(["--config", config.to_str().unwrap(), "serve"])
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let third = another_serve(&gw, &echo);
     assert_eq!(third.status.code(), Some(1));
     let err = String::from_utf8_lossy(&third.stderr);
     assert!(err.contains(&format!("pid {new}")), "{err}");

@@ -1022,6 +1022,12 @@ impl Gateway {
         None
     }
 
+    /// Presents the refresh token of `pair` (a token pair as /auth/login answers it).
+    pub async fn refresh(&self, pair: &Value) -> reqwest::Response {
+        let body = serde_json::json!({ "refresh_token": pair["refresh_token"] });
+        self.post("/auth/refresh", body).await
+    }
+
     /// POSTs JSON to the gateway.
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         self.http

@@ -64,15 +64,7 @@ async fn tokens_say_how_the_session_authenticated_and_a_refresh_keeps_it() {
     );
     // A refresh later is not a new authentication: the same auth_time.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let refreshed: Value = gw
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let refreshed: Value = gw.refresh(&pair).await.json().await.unwrap();
     let again = claims_of(refreshed["access_token"].as_str().unwrap());
     assert_eq!(again["auth_time"], claims["auth_time"]);
     assert_eq!(again["acr"], "aal1");
@@ -134,15 +126,7 @@ async fn a_route_with_max_auth_age_needs_a_recent_sign_in_not_a_refresh() {
          sign-in is required\", max_age=2"
     );
     // A refreshed token carries the old auth_time: still refused.
-    let refreshed: Value = gw
-        .post(
-            "/auth/refresh",
-            json!({ "refresh_token": pair["refresh_token"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let refreshed: Value = gw.refresh(&pair).await.json().await.unwrap();
     let r = gw.get("/fresh/x", refreshed["access_token"].as_str()).await;
     assert_eq!(r.status(), 401);
     // Signing in again: through.
